@@ -1,0 +1,4 @@
+"""kagglepipe: Kaggle image competitions from raw download to a scored submission CSV."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the logs

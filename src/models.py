@@ -1,0 +1,215 @@
+"""Keras 3 model builders, chosen by name (config group `model`). Backend-neutral: keras.layers and keras.ops only.
+
+Every model takes uint8 (or 0..255 float) images, augments them in training (Keras preprocessing layers,
+so augmentation runs on the accelerator), and ends in a float32 head whatever the precision policy:
+a sigmoid unit giving P(class 1) for two classes, a softmax over the classes otherwise.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers, ops
+from omegaconf import DictConfig
+
+
+# ------------------------------------------------------------------ small building blocks
+@keras.saving.register_keras_serializable(package="kagglepipe")
+class ImageNetPreprocess(layers.Layer):
+    """keras.applications preprocessing as a layer (0..255 RGB in): 'caffe' (BGR, mean-subtracted), 'torch', 'tf' or 'none'."""
+
+    def __init__(self, mode: str = "none", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1)
+            return x - ops.convert_to_tensor([103.939, 116.779, 123.68], dtype=self.compute_dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor([0.485, 0.456, 0.406], dtype=self.compute_dtype)
+            std = ops.convert_to_tensor([0.229, 0.224, 0.225], dtype=self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def augmentation(aug: DictConfig | None, seed: int) -> list[layers.Layer]:
+    """Random augmentation layers (identity at inference)."""
+    if aug is None:
+        return []
+    out: list[layers.Layer] = []
+    fill = str(aug.get("fill_mode", "reflect"))
+    if aug.flip:
+        out.append(layers.RandomFlip("horizontal", seed=seed))
+    if aug.rotation:
+        out.append(layers.RandomRotation(float(aug.rotation), fill_mode=fill, seed=seed + 1))
+    if aug.zoom:
+        out.append(layers.RandomZoom(float(aug.zoom), fill_mode=fill, seed=seed + 2))
+    if aug.translate:
+        t = float(aug.translate)
+        out.append(layers.RandomTranslation(t, t, fill_mode=fill, seed=seed + 3))
+    return out
+
+
+def head(x, num_classes: int, dropout: float = 0.0):
+    """Float32 output layer: P(class 1) for two classes, softmax otherwise."""
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    if num_classes == 2:
+        x = layers.Dense(1, dtype="float32", name="logit")(x)
+        return layers.Activation("sigmoid", dtype="float32", name="probability")(x)
+    x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+
+
+def conv_bn(x, filters: int, kernel: int = 3, strides: int = 1):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+    return layers.Activation("relu")(x)
+
+
+def _inputs(input_shape, aug: DictConfig | None, seed: int):
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for layer in augmentation(aug, seed):
+        x = layer(x)
+    return inputs, x
+
+
+# ------------------------------------------------------------------ the networks
+def seed_cnn(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """The course's network: Conv 32-64-128-128 with 2x2 max-pooling, Dense 512."""
+    size = int(input_shape[0])
+    for _ in range(4):
+        size = (size - 2) // 2
+    if size < 1:
+        from .common import UserError
+
+        raise UserError(f"model=seed_cnn needs images of at least 46x46 (dataset.image_size={input_shape[0]}); "
+                        "use a larger dataset.image_size or model=resnet_cifar")
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    for filters in (32, 64, 128, 128):
+        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    if cfg.dropout:
+        x = layers.Dropout(float(cfg.dropout))(x)
+    x = layers.Dense(512, activation="relu")(x)
+    return keras.Model(inputs, head(x, num_classes), name="seed_cnn")
+
+
+def xception_small(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """keras.io's "image classification from scratch" network: separable convs, batch norm, residuals."""
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    x = conv_bn(x, int(cfg.stem_width), 3, strides=2)
+    previous = x
+    for width in cfg.widths[1:]:
+        width = int(width)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(width, 1, strides=2, padding="same")(previous)
+        x = layers.add([x, residual])
+        previous = x
+    x = layers.SeparableConv2D(int(cfg.widths[-1]) + 296, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="xception_small")
+
+
+def resnet_cifar(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """ResNet-9 (the DAWNBench CIFAR-10 network): prep conv, three stages with pooling, two residual blocks.
+
+    For inputs larger than 32x32 extra stride-2 pooling keeps the cost in check, so it also serves Dogs vs Cats.
+    """
+    w = [int(v) for v in cfg.widths]
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    x = conv_bn(x, w[0])
+    size = int(input_shape[0])
+    while size > 40:  # bring large images down to ~32 pixels before the CIFAR-sized body
+        x = conv_bn(x, w[0], strides=2)
+        size = (size + 1) // 2
+
+    def residual(x, width):
+        y = conv_bn(x, width)
+        y = conv_bn(y, width)
+        return layers.add([x, y])
+
+    x = conv_bn(x, w[1])
+    x = layers.MaxPooling2D(2)(x)
+    x = residual(x, w[1])
+    x = conv_bn(x, w[2])
+    x = layers.MaxPooling2D(2)(x)
+    x = conv_bn(x, w[3])
+    x = layers.MaxPooling2D(2)(x)
+    x = residual(x, w[3])
+    x = layers.GlobalMaxPooling2D()(x)
+    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="resnet_cifar")
+
+
+def _weights_path(weights: Any) -> str | None:
+    """None and 'imagenet' pass through; anything else is a local weights file (relative to the project root)."""
+    if weights in (None, "imagenet"):
+        return weights
+    from .common import UserError, project_path
+
+    path = project_path(str(weights))
+    if not path.is_file():
+        raise UserError(f"model.weights={weights}: no such weights file ({path}); give null, imagenet or an existing file")
+    return str(path)
+
+
+BACKBONES = {  # keras.applications name -> input preprocessing it expects
+    "EfficientNetB0": "none",  # rescales internally
+    "ResNet50": "caffe",
+}
+
+
+def backbone_model(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """Transfer learning: a keras.applications backbone (weights None, 'imagenet' or a local file) + our head."""
+    name = str(cfg.backbone)
+    if name not in BACKBONES:
+        raise ValueError(f"model.backbone={name!r}: expected one of {sorted(BACKBONES)}")
+    weights = _weights_path(cfg.weights)
+    base = getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=tuple(input_shape),
+                                              pooling="avg")
+    base.trainable = not bool(cfg.freeze_backbone)
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = ImageNetPreprocess(BACKBONES[name])(x)
+    x = base(x, training=False) if cfg.freeze_backbone else base(x)
+    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name=str(cfg.name))
+
+
+BUILDERS = {
+    "seed_cnn": seed_cnn,
+    "xception_small": xception_small,
+    "resnet_cifar": resnet_cifar,
+    "efficientnet_b0": backbone_model,
+    "resnet50": backbone_model,
+}
+
+
+def build_model(model_cfg: DictConfig, input_shape, num_classes: int, aug: DictConfig | None = None,
+                seed: int = 0) -> keras.Model:
+    """Build the configured network. Set the dtype policy (keras.config.set_dtype_policy) before calling."""
+    model = BUILDERS[str(model_cfg.name)](tuple(input_shape), int(num_classes), model_cfg, aug, int(seed))
+    if "backbone" not in model_cfg and model_cfg.get("weights"):
+        model.load_weights(_weights_path(model_cfg.weights))  # a from-scratch network's own earlier weights
+    return model
+
+
+CUSTOM_OBJECTS = {"ImageNetPreprocess": ImageNetPreprocess}
