@@ -154,6 +154,7 @@ def validate_config(cfg: DictConfig) -> None:
         ("train.subset", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = all)"),
         ("train.steps_per_execution", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
         ("train.tta", lambda v: isinstance(v, bool), "true or false"),
+        ("train.fit_on_all", lambda v: isinstance(v, bool), "true or false"),
         ("augment.rotation", lambda v: _is_num(v) and 0 <= v <= 0.5, "a number in [0, 0.5]"),
         ("augment.zoom", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("augment.translate", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),

@@ -54,6 +54,8 @@ def augmentation(aug: DictConfig | None, seed: int) -> list[layers.Layer]:
     if aug.translate:
         t = float(aug.translate)
         out.append(layers.RandomTranslation(t, t, fill_mode=fill, seed=seed + 3))
+    if aug.get("contrast"):
+        out.append(layers.RandomContrast(float(aug.contrast), value_range=(0, 255), seed=seed + 4))
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
@@ -25,7 +26,7 @@ from .common import Layout, UserError, atomic_path, config_hash, read_json, writ
 # Config keys that define a training run: a checkpoint made under other values is not resumed.
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
                "train.weight_decay", "train.momentum", "train.nesterov", "train.schedule", "train.warmup_epochs",
-               "train.label_smoothing", "train.precision", "train.subset", "augment", "seed"]
+               "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "augment", "seed"]
 
 
 # ------------------------------------------------------------------ hardware and precision
@@ -253,6 +254,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if m.val.empty:
         raise UserError(f"{processed / 'train.csv'} has no validation images; raise dataset.val_fraction")
     train_df = _subset(m.train, int(cfg.train.subset), int(cfg.seed))
+    if cfg.train.fit_on_all:
+        train_df = pd.concat([train_df, m.val], ignore_index=True)
     runtime = setup_runtime(cfg)
     bs = int(cfg.train.batch_size)
     steps = max(1, math.ceil(len(train_df) / bs))
