@@ -184,8 +184,13 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
         super().__init__()
         self.state, self.patience, self.mlflow = state, patience, mlflow
         self.diverged: str | None = None
+        self._t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._t0  # training + validation pass, before any checkpoint I/O
         logs = {k: float(v) for k, v in (logs or {}).items()}
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:
@@ -200,11 +205,11 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
         else:
             st.wait += 1
         st.epoch = epoch + 1
-        st.history.append({"epoch": epoch + 1, **logs})
+        st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
         save_model_atomic(self.model, st.last)
         st.save()  # written last: it only ever names complete checkpoint files
         if self.mlflow is not None:
-            self.mlflow.log_metrics({k: v for k, v in logs.items()}, step=epoch + 1)
+            self.mlflow.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch + 1)
         print(f"train: epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate"))
         if self.patience and st.wait >= self.patience:
             print(f"train: early stop, no better val_log_loss for {self.patience} epochs (best epoch {st.best_epoch + 1})")
