@@ -1,8 +1,10 @@
 """A small synthetic dataset in exactly Kaggle's Dogs vs Cats layout, generated from a seed.
 
-"cat" images hold ellipses and "dog" images rectangles, over a noisy background, in varied sizes and
-colours (dogs lean warm, cats cool, with overlap): easy enough for a small CNN to learn in a few
-epochs on a CPU, hard enough that a constant guess scores log loss 0.693.
+Each image holds one large shape near the centre of a noisy grey background: an ellipse for "cat", a
+rectangle for "dog", in varied sizes and colours. Colour is a weak cue (85% of dogs warm, 85% of cats
+cool; alone it gives log loss ~0.42), the shape a certain one: the seed CNN learns the colour in one or
+two epochs and the shape within ~15 on a CPU (validation log loss ~0.2 with the demo config), while a
+constant guess scores 0.693.
 
     python -m src.demo_data data/raw/demo        # what prepare does when dataset.generate=demo
 """
@@ -19,20 +21,19 @@ from .common import atomic_path, write_text
 
 def _image(rng: np.random.Generator, label: int | None) -> Image.Image:
     w, h = (int(v) for v in rng.integers(90, 260, size=2))
-    bg = rng.integers(0, 256, size=3)
-    noise = rng.normal(0, 25, size=(h, w, 3))
-    arr = np.clip(bg + noise, 0, 255).astype(np.uint8)
+    grey = int(rng.integers(50, 210))
+    bg = np.array([grey, grey, grey]) + rng.integers(-20, 21, size=3)  # low saturation: the shape's colour stands out
+    arr = np.clip(bg + rng.normal(0, 12, size=(h, w, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(arr, "RGB")
     draw = ImageDraw.Draw(img)
     kind = int(rng.integers(0, 2)) if label is None else label
-    for _ in range(int(rng.integers(1, 4))):
-        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
-        rx, ry = rng.uniform(0.12, 0.3) * w, rng.uniform(0.12, 0.3) * h
-        warm = rng.random() < 0.75 if kind == 1 else rng.random() < 0.25
-        colour = (int(rng.integers(150, 256)), int(rng.integers(40, 160)), int(rng.integers(0, 90))) if warm else \
-                 (int(rng.integers(0, 90)), int(rng.integers(40, 160)), int(rng.integers(150, 256)))
-        box = [cx - rx, cy - ry, cx + rx, cy + ry]
-        (draw.rectangle if kind == 1 else draw.ellipse)(box, fill=colour)
+    cx, cy = rng.uniform(0.4, 0.6) * w, rng.uniform(0.4, 0.6) * h
+    rx, ry = rng.uniform(0.2, 0.38) * w, rng.uniform(0.2, 0.38) * h
+    warm = rng.random() < 0.85 if kind == 1 else rng.random() < 0.15
+    colour = (int(rng.integers(170, 256)), int(rng.integers(40, 140)), int(rng.integers(0, 70))) if warm else \
+             (int(rng.integers(0, 70)), int(rng.integers(40, 140)), int(rng.integers(170, 256)))
+    box = [cx - rx, cy - ry, cx + rx, cy + ry]
+    (draw.rectangle if kind == 1 else draw.ellipse)(box, fill=colour)
     return img
 
 

@@ -1,0 +1,101 @@
+"""Model builders (issue 2/3): every model config builds and gives float32 probabilities under mixed_float16;
+keras.applications backbones build offline (weights=null) and from a local weights file; bad paths are UserErrors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import compose
+from src.common import UserError
+
+keras = pytest.importorskip("keras")
+from src.models import build_model  # noqa: E402
+
+
+@pytest.fixture
+def policy():
+    """Set a dtype policy for one test, then restore float32 (the policy is process-global)."""
+    def set_(name: str):
+        keras.config.set_dtype_policy(name)
+    yield set_
+    keras.config.set_dtype_policy("float32")
+
+
+def _cfg(model: str, *extra: str):
+    return compose(f"model={model}", *extra)
+
+
+def _batch(size: int, n: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(n, size, size, 3)).astype("uint8")
+
+
+CASES = [  # model, overrides, image size, classes
+    ("seed_cnn", [], 48, 2),
+    ("seed_cnn", [], 48, 10),
+    ("xception_small", [], 48, 2),
+    ("resnet_cifar", [], 32, 10),
+    ("resnet_cifar", ["model.widths=[8,16,16,32]"], 64, 2),
+    ("efficientnet_b0", [], 64, 2),
+    ("resnet50", [], 64, 10),
+]
+
+
+@pytest.mark.parametrize("name, extra, size, k", CASES, ids=[f"{c[0]}-{c[2]}px-{c[3]}cls" + ("-narrow" if c[1] else "")
+                                                             for c in CASES])
+def test_builds_with_float32_probabilities_under_mixed_precision(policy, name, extra, size, k):
+    policy("mixed_float16")
+    cfg = _cfg(name, *extra)
+    model = build_model(cfg.model, (size, size, 3), k, cfg.augment, seed=0)
+    assert model.name == name
+    assert any(getattr(layer, "compute_dtype", None) == "float16" for layer in model.layers), "policy not applied"
+    assert model.outputs[0].dtype == "float32"
+    x = _batch(size)
+    p = np.asarray(model.predict(x, verbose=0))
+    assert p.dtype == np.float32 and np.isfinite(p).all()
+    if k == 2:
+        assert p.shape == (3, 1) and ((p >= 0) & (p <= 1)).all()
+    else:
+        assert p.shape == (3, k) and (p >= 0).all()
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-4)
+    if "backbone" not in cfg.model:  # augmentation layers run in training mode and keep the shape
+        assert tuple(model(x, training=True).shape) == p.shape
+
+
+def test_seed_cnn_too_small_is_a_user_error():
+    cfg = _cfg("seed_cnn")
+    with pytest.raises(UserError, match="46"):
+        build_model(cfg.model, (32, 32, 3), 2, cfg.augment)
+
+
+def _backbone(model):
+    subs = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert len(subs) == 1
+    return subs[0]
+
+
+@pytest.mark.parametrize("name, app", [("efficientnet_b0", "EfficientNetB0"), ("resnet50", "ResNet50")])
+def test_backbone_offline_and_from_a_local_weights_file(policy, tmp_path: Path, name: str, app: str):
+    policy("float32")
+    notop = getattr(keras.applications, app)(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
+    rng = np.random.default_rng(7)  # distinctive values no initialiser would produce
+    notop.set_weights([np.abs(rng.normal(0.5, 0.1, w.shape)).astype(w.dtype) for w in notop.get_weights()])
+    path = tmp_path / "x.weights.h5"
+    notop.save_weights(path)
+    saved = notop.get_weights()
+
+    cfg = _cfg(name, f"model.weights={path}")
+    model = build_model(cfg.model, (64, 64, 3), 2, cfg.augment)
+    loaded = _backbone(model).get_weights()
+    assert len(loaded) == len(saved)
+    for a, b in zip(loaded, saved):
+        np.testing.assert_array_equal(a, b)
+    assert not _backbone(model).trainable  # freeze_backbone: true by default
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet50", "seed_cnn"])
+def test_missing_weights_file_is_a_user_error(tmp_path: Path, name: str):
+    cfg = _cfg(name, f"model.weights={tmp_path}/nope.weights.h5")
+    with pytest.raises(UserError, match="nope.weights.h5"):
+        build_model(cfg.model, (64, 64, 3), 2, cfg.augment)
