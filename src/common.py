@@ -161,7 +161,18 @@ def validate_config(cfg: DictConfig) -> None:
         ("augment.flip", lambda v: isinstance(v, bool), "true or false"),
         ("evaluate.clip", lambda v: v == "auto" or (_is_num(v) and 0 < v < 0.5), "auto or a number in (0, 0.5)"),
         ("prepare.workers", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0 = every core)"),
+        ("prepare.preview", lambda v: isinstance(v, bool), "true or false"),
+        ("prepare.write_images", lambda v: isinstance(v, bool), "true or false"),
+        ("train.resume", lambda v: isinstance(v, bool), "true or false"),
+        ("tracking.enabled", lambda v: v is None or isinstance(v, bool), "true or false"),
+        ("dataset.image_ext", lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(isinstance(e, str) and e for e in v),
+         "a non-empty list of file extensions, e.g. [jpg, jpeg]"),
     ]
+    try:  # a broken interpolation anywhere (e.g. dataset.raw_dir=${nope}) fails here, not halfway through a stage
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UserError(f"config error: {key}: {str(e).splitlines()[0]}; fix it in conf/ or override it") from e
     for key, ok, allowed in checks:
         _check(cfg, key, ok, allowed)
     if str(_get(cfg, "dataset.layout")) == "labels_csv" and not _get(cfg, "dataset.labels_csv"):
@@ -227,14 +238,44 @@ def cli(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
 
     @functools.wraps(fn)
     def wrapper(cfg: DictConfig) -> Any:
+        import signal
+
+        _INTERRUPTS.clear()
+        try:  # SIGTERM (kill, a scheduler's timeout) unwinds like Ctrl-C: MLflow runs end KILLED, temp files go
+            prev = {s: signal.signal(s, interrupt_handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        except ValueError:  # not the main thread
+            prev = {}
         try:
             validate_config(cfg)
             return fn(cfg)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            term = "SIGTERM" in e.args
+            print(f"interrupted{' (SIGTERM)' if term else ''}", file=sys.stderr)
+            sys.exit(143 if term else 130)
+        finally:
+            for sig, handler in prev.items():
+                signal.signal(sig, handler)
 
     return wrapper
+
+
+_INTERRUPTS: list[str] = []
+
+
+def interrupt_handler(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM -> KeyboardInterrupt, remembered: Python drops an exception raised inside a garbage-collector
+    callback or __del__, so long loops call check_interrupted() to raise it again."""
+    import signal
+
+    name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+    _INTERRUPTS.append(name)
+    raise KeyboardInterrupt(name)
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if a Ctrl-C/SIGTERM arrived (even one that Python swallowed where it landed)."""
+    if _INTERRUPTS:
+        raise KeyboardInterrupt(_INTERRUPTS[-1])

@@ -220,7 +220,14 @@ def _check_sample_submission(cfg: DictConfig, raw: Path, test: pd.DataFrame, not
         raise UserError(f"{sample_path}: cannot read it as CSV ({e})") from e
     if "id" not in sample.columns:
         raise UserError(f"{sample_path}: no 'id' column; expected Kaggle's sample submission (id,label)")
-    sample_ids = set(pd.to_numeric(sample["id"], errors="coerce").dropna().astype(int))
+    numeric = pd.to_numeric(sample["id"], errors="coerce")
+    bad = sample["id"][numeric.isna() | (numeric.fillna(0) % 1 != 0)]
+    if len(bad):
+        raise UserError(f"{sample_path}: id {bad.iloc[0]!r} is not an integer; every id must be a test image number")
+    if numeric.duplicated().any():
+        raise UserError(f"{sample_path}: id {int(numeric[numeric.duplicated()].iloc[0])} appears more than once; "
+                        "download the sample submission again")
+    sample_ids = set(numeric.astype(int))
     have = set(ids.tolist())
     if sample_ids != have:
         missing = sorted(sample_ids - have)

@@ -21,7 +21,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
-from .common import Layout, UserError, atomic_path, config_hash, read_json, write_json
+from .common import Layout, UserError, atomic_path, check_interrupted, config_hash, interrupt_handler, read_json, write_json
 
 # Config keys that define a training run: a checkpoint made under other values is not resumed.
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
@@ -186,6 +186,9 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
         self.diverged: str | None = None
         self._t0 = time.perf_counter()
 
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        check_interrupted()  # a Ctrl-C/SIGTERM that Python swallowed (it landed in a gc callback) still stops the run
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
 
@@ -338,8 +341,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _sigterm_to_interrupt(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
+_sigterm_to_interrupt = interrupt_handler  # raises KeyboardInterrupt("SIGTERM") and remembers it
 
 
 def main() -> None:
