@@ -14,6 +14,7 @@ Writes into data/processed/<dataset>/:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing as mp
 import os
@@ -318,6 +319,22 @@ def _pool(workers: int):
     return mp.get_context("spawn").Pool(processes=workers)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate the whole (sparse) file now: a full disk then fails here with ENOSPC (a clear error), not later
+    with SIGBUS on a write into the memory map (a crash)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.path.getsize(path))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # EINVAL/EOPNOTSUPP: this filesystem cannot preallocate; carry on without
+    finally:
+        os.close(fd)
+
+
 def resize_all(paths: list[str], size: int, mode: str, out: Path, workers: int, label: str) -> list[str | None]:
     """Resize every image in parallel into a uint8 .npy array (row i = paths[i]); return each row's error or None.
 
@@ -326,6 +343,7 @@ def resize_all(paths: list[str], size: int, mode: str, out: Path, workers: int, 
     errors: list[str | None] = []
     with atomic_path(out, suffix=".npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+        _reserve(tmp)
         t0 = time.perf_counter()
         jobs = [(p, size, mode) for p in paths]
         chunk = max(1, min(64, len(jobs) // (workers * 4) or 1))

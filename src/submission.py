@@ -34,6 +34,10 @@ def build(ids: Sequence[int], probs: np.ndarray, classes: Sequence[str], kind: s
     elif kind == "class_name":
         if probs.ndim != 2 or probs.shape[1] != len(classes):
             raise SubmissionError(f"class_name submission needs one probability per class ({len(classes)}), got shape {probs.shape}")
+        finite = np.isfinite(probs).all(axis=1)
+        if not finite.all():  # argmax would turn a NaN row into a confident-looking class name
+            raise SubmissionError(f"id {ids[~finite][0]}: predicted probabilities {probs[~finite][0].tolist()} are not "
+                                  "finite; the model diverged or the input was broken")
         label = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
     else:
         raise SubmissionError(f"unknown submission format {kind!r}; expected probability or class_name")

@@ -315,8 +315,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 signal.signal(signal.SIGTERM, prev)
         fit_seconds = time.perf_counter() - t0
         if cb.diverged:
-            raise UserError(f"training diverged: {cb.diverged}; the best checkpoint so far is kept in {state.best}; "
-                            f"lower train.lr (now {cfg.train.lr}) or use train.precision=float32")
+            kept = (f"the best checkpoint so far (epoch {state.best_epoch + 1}) is kept in {state.best}"
+                    if state.best.is_file() else "no epoch finished before it, so there is no checkpoint")
+            hint = "" if runtime["runtime.precision"] == "float32" else " or use train.precision=float32"
+            raise UserError(f"training diverged: {cb.diverged}; {kept}; lower train.lr (now {cfg.train.lr}){hint}")
         if not state.best.is_file():
             raise UserError(f"training produced no checkpoint in {state.dir}; check the logs above")
         stopped_early = state.epoch < int(cfg.train.epochs)

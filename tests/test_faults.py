@@ -531,3 +531,235 @@ def test_killed_training_resumes_to_the_configured_epochs(tmp_path: Path):
     assert strays == [], strays                                            # no temporaries left beside outputs
     model = keras.saving.load_model(model_dir / "model.keras", custom_objects=CUSTOM_OBJECTS)
     assert model.count_params() == last.count_params()
+
+
+# ================================================================== 5. numerical failure
+def _only_run(base: Path, experiment: str = "kagglepipe-demo"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{base}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def _tiny_cfg(base: Path, *extra: str):
+    cfg = compose(*_tiny(), *path_overrides(base), *extra)
+    validate_config(cfg)
+    return cfg
+
+
+@pytest.mark.slow
+def test_absurd_learning_rate_stops_with_one_line_and_failed_run(tmp_path: Path):
+    from src.train import train
+
+    with pytest.raises(UserError) as e:
+        train(_tiny_cfg(tmp_path, "train.lr=1e6", "train.optimizer=sgd", "train.epochs=3"))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("training diverged:") and "train.lr" in msg, msg
+    assert "became nan" in msg or "became inf" in msg, msg
+    run = _only_run(tmp_path)
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["error"]
+    assert not (tmp_path / "models" / "demo" / "seed_cnn" / "model.keras").exists()   # nothing diverged is published
+
+
+@pytest.mark.slow
+def test_divergence_after_a_good_epoch_keeps_the_best_checkpoint(tmp_path: Path, monkeypatch):
+    """The loss turns NaN in epoch 2 (injected): the run stops there, epoch 1's checkpoint is kept and named."""
+    import src.train as train_mod
+
+    class PoisonedEpochEnd(train_mod.EpochEnd):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                logs = {**(logs or {}), "loss": float("nan")}
+            super().on_epoch_end(epoch, logs)
+
+    monkeypatch.setattr(train_mod, "EpochEnd", PoisonedEpochEnd)
+    with pytest.raises(UserError) as e:
+        train_mod.train(_tiny_cfg(tmp_path, "train.epochs=3"))
+    msg = str(e.value)
+    ckpt = tmp_path / "models" / "demo" / "seed_cnn" / "checkpoint"
+    assert "\n" not in msg and "loss became nan at epoch 2" in msg and str(ckpt / "best.keras") in msg, msg
+    st = _check_checkpoint(ckpt)
+    assert st["epoch"] == 1 and st["best_epoch"] == 0
+    run = _only_run(tmp_path)
+    assert run.info.status == "FAILED" and "loss became nan" in run.data.tags["error"]
+
+
+# ================================================================== 6. full disk
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_atomic_path_turns_enospc_into_user_error(tmp_path: Path, monkeypatch):
+    target = tmp_path / "out" / "report.json"
+    write_json(target, {"old": True})
+    # the disk fills while the content is written ...
+    with pytest.raises(UserError) as e:
+        with atomic_path(target) as tmp:
+            tmp.write_text("{partial")
+            _enospc()
+    assert str(target) in str(e.value) and "no space left" in str(e.value) and "\n" not in str(e.value)
+    # ... or at the final rename
+    monkeypatch.setattr(os, "replace", _enospc)
+    with pytest.raises(UserError):
+        write_json(target, {"new": True})
+    monkeypatch.undo()
+    assert read_json(target) == {"old": True}
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]     # no temporaries left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)              # outputs get the usual permissions
+
+
+def test_prepare_disk_full_while_writing_manifests(tmp_path: Path, monkeypatch):
+    from src.prepare import is_up_to_date, prepare
+
+    raw = _good_dvc(tmp_path / "raw")
+    out = prepare(dvc_cfg(tmp_path, raw))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "test.csv":
+            _enospc()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    cfg = dvc_cfg(tmp_path, raw, "dataset.val_fraction=0.5")           # a new split: prepare runs again
+    with pytest.raises(UserError) as e:
+        prepare(cfg)
+    monkeypatch.undo()
+    assert str(out / "test.csv") in str(e.value) and "no space left" in str(e.value)
+    assert (out / "test.csv").read_bytes() == before["test.csv"]          # the earlier file, whole
+    assert not is_up_to_date(cfg) and not (out / "state.json").exists()   # the half-updated set is marked stale
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    prepare(cfg)                                                          # with space again, it completes
+    assert is_up_to_date(cfg)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 1 MiB tmpfs (needs root and mount; skipped where unavailable)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_prepare_on_a_really_full_disk(tmp_path: Path, small_disk: Path):
+    """A real ENOSPC: the memory-mapped image array is reserved up front, so it fails cleanly (no SIGBUS)."""
+    from src.prepare import prepare
+
+    raw = _good_dvc(tmp_path / "raw")
+    base = [f"paths.processed={small_disk}/processed"]
+    out = prepare(dvc_cfg(tmp_path, raw, *base))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "state.json"}
+    with pytest.raises(UserError) as e:
+        prepare(dvc_cfg(tmp_path, raw, *base, "dataset.image_size=256"))  # 8 x 196 KB no longer fits in 1 MiB
+    assert "train.npy" in str(e.value) and "no space left" in str(e.value)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before                                                # earlier outputs intact, no temporaries
+
+
+@pytest.mark.slow
+def test_disk_full_while_checkpointing(tmp_path: Path, monkeypatch):
+    """ENOSPC on epoch 2's checkpoint: one clear error naming the file, epoch 1's checkpoint intact, run FAILED."""
+    import src.common as common
+    from src.train import train
+
+    real_replace = os.replace
+    calls = {"last.keras": 0}
+
+    def replace(src, dst):
+        if Path(dst).name == "last.keras":
+            calls["last.keras"] += 1
+            if calls["last.keras"] == 2:
+                _enospc()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(common.os, "replace", replace)
+    with pytest.raises(UserError) as e:
+        train(_tiny_cfg(tmp_path, "train.epochs=3"))
+    monkeypatch.undo()
+    ckpt = tmp_path / "models" / "demo" / "seed_cnn" / "checkpoint"
+    assert str(ckpt / "last.keras") in str(e.value) and "no space left" in str(e.value) and "\n" not in str(e.value)
+    st = _check_checkpoint(ckpt)
+    assert st["epoch"] == 1
+    assert not [p for p in ckpt.iterdir() if p.name.startswith(".")]
+    assert _only_run(tmp_path).info.status == "FAILED"
+
+
+# ================================================================== 7. the submission writer, property-based
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_any_float = st.floats(allow_nan=True, allow_infinity=True, width=64)
+_prob = st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 1.0, -0.0, 5e-324, 1 - 2**-53, 0.1, 1 / 3]))
+
+
+@st.composite
+def _submission_case(draw):
+    kind = draw(st.sampled_from(["probability", "class_name"]))
+    n = draw(st.integers(0, 25))
+    unique = draw(st.booleans()) or n == 0
+    ids = draw(st.lists(st.integers(-3, 10**12), min_size=n, max_size=n, unique=unique))
+    values = st.one_of(_prob, _any_float) if draw(st.integers(0, 3)) == 0 else _prob  # mostly valid probabilities
+    if kind == "probability":
+        classes = ["cat", "dog"]
+        cols = draw(st.sampled_from([None, 2]))
+    else:
+        k = draw(st.integers(2, 5))
+        name = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=8)
+        classes = draw(st.lists(name, min_size=k, max_size=k, unique=True))
+        cols = k
+    rows = n + draw(st.sampled_from([0] * 8 + [1, -1])) if n else n   # now and then one prediction too many/few
+    shape = (max(rows, 0),) if cols is None else (max(rows, 0), cols)
+    probs = np.array(draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape)))),
+                     dtype=np.float64).reshape(shape)
+    clip = draw(st.sampled_from([None, None, 1e-15, 0.005]))
+    return kind, ids, probs, classes, clip
+
+
+def _bits(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64).view(np.int64)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_submission_case())
+def test_submission_writer_round_trips_or_refuses(case):
+    import tempfile
+
+    from src.submission import SubmissionError, build, validate, write
+
+    kind, ids, probs, classes, clip = case
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "submission.csv"
+        try:
+            df = build(ids, probs, classes, kind)
+            validate(df, kind, classes, clip=clip)
+        except SubmissionError as e:
+            assert "\n" not in str(e)
+            assert not path.exists()
+            return
+        write(df, path)
+        assert sorted(os.listdir(d)) == ["submission.csv"]
+
+        # what a valid file must be, checked independently of validate()
+        assert len(set(ids)) == len(ids) > 0 and len(probs) == len(ids)
+        back = pd.read_csv(path, dtype={"label": str} if kind == "class_name" else None, keep_default_na=False)
+        assert list(back.columns) == ["id", "label"]
+        assert back["id"].tolist() == sorted(ids)                        # every id once, numeric order
+        order = np.argsort(np.asarray(ids), kind="stable")
+        if kind == "probability":
+            p = probs if probs.ndim == 1 else probs[:, 1]
+            expected = p[order]
+            assert np.all(np.isfinite(expected)) and np.all((expected >= 0) & (expected <= 1))
+            assert np.array_equal(_bits(back["label"].to_numpy()), _bits(expected))   # bit for bit, each at its id
+        else:
+            assert np.all(np.isfinite(probs))                             # a NaN row never becomes a class name
+            expected = [classes[i] for i in probs.argmax(axis=1)[order]]
+            assert back["label"].tolist() == expected
+        validate(back, kind, classes, clip=clip)                          # the file on disk passes the same checks
