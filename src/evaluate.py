@@ -17,7 +17,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from . import tracking
-from .common import Layout, UserError, atomic_path, read_json, write_json
+from .common import Layout, UserError, atomic_path, file_sha256, read_json, write_json
 from .submission import choose_clip, clip_probabilities, kaggle_log_loss
 
 
@@ -33,6 +33,14 @@ def load_trained(cfg: DictConfig):
                         f"name={lay.name}")
     info = read_json(lay.run_info) if lay.run_info.is_file() else {}
     return keras.saving.load_model(lay.model, custom_objects=CUSTOM_OBJECTS), info
+
+
+def is_evaluated(lay: Layout, info: dict[str, Any]) -> bool:
+    """True when metrics/<dataset>/<name>.json was computed for this very model (same run id and model file)."""
+    if not lay.metrics.is_file():
+        return False
+    done = read_json(lay.metrics)
+    return done.get("run_id") == info.get("run_id") and done.get("model_sha256") == file_sha256(lay.model)
 
 
 def predict_proba(model, make_ds, tta: bool) -> np.ndarray:
@@ -128,6 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "n_val": int(len(y)),
         "metric": str(cfg.dataset.metric),
         "run_id": info.get("run_id"),
+        "model_sha256": file_sha256(lay.model),  # which model file these numbers (and the clip) belong to
     }
     cols = {"id": m.val["id"], "label": y}
     if submitted.ndim == 1:

@@ -23,13 +23,13 @@ from .common import Layout, project_path, read_json, write_json
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     from .data import load_manifests, test_dataset
-    from .evaluate import evaluate, load_trained, predict_proba
+    from .evaluate import evaluate, is_evaluated, load_trained, predict_proba
     from .prepare import ensure_prepared
 
     lay = Layout(cfg)
     m = load_manifests(ensure_prepared(cfg))
     model, info = load_trained(cfg)
-    if not lay.metrics.is_file() or read_json(lay.metrics).get("run_id") != info.get("run_id"):
+    if not is_evaluated(lay, info):  # none yet, or made for another model (e.g. retrained under this name)
         print("predict: no evaluation for this model yet; running evaluate first (it chooses the clip)")
         evaluate(cfg)
     metrics = read_json(lay.metrics)

@@ -191,3 +191,20 @@ def test_log_loss_and_clip_helpers_agree_with_sklearn():
     best = choose_clip(y, p, [1e-15, 0.01, 0.1, 0.3])
     losses = {c: kaggle_log_loss(y, clip_probabilities(p, c)) for c in [1e-15, 0.01, 0.1, 0.3]}
     assert losses[best] == min(losses.values())
+
+
+def test_predict_reevaluates_a_retrained_model(trained: Path, tmp_path: Path, capsys):
+    """Tracking off (no run ids): metrics left by an earlier model must not lend their clip to a new one."""
+    from src.evaluate import evaluate
+    from src.predict import predict
+    from src.train import train
+
+    for sub in ("raw", "processed"):
+        shutil.copytree(trained / sub, tmp_path / sub)
+    train(_cfg(tmp_path))
+    assert evaluate(_cfg(tmp_path, "evaluate.clip=0.49"))["clip"] == 0.49
+    train(_cfg(tmp_path, "seed=7"))  # a new model under the same name
+    capsys.readouterr()
+    record = predict(_cfg(tmp_path))
+    assert "running evaluate first" in capsys.readouterr().out
+    assert record["clip"] in list(_cfg(tmp_path).evaluate.clip_candidates)
