@@ -152,7 +152,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
           f"on {len(y)} validation images -> {lay.metrics}")
     if info.get("run_id") and tracking.enabled(cfg):
         with tracking.run(cfg, lay.name, run_id=info["run_id"]) as mlflow:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            # "eval." keeps these apart from train's per-epoch val_log_loss/val_accuracy histories
+            mlflow.log_metrics({f"eval.{k}": float(v) for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
             mlflow.log_artifact(str(lay.metrics), "evaluation")
             for f in sorted(lay.plots.glob("*")):
                 if f.suffix in (".png", ".json", ".csv"):

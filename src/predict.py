@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from . import submission, tracking
-from .common import Layout, project_path, read_json, write_json
+from .common import Layout, file_sha256, project_path, read_json, write_json
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -51,6 +51,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     submission.validate(df, kind, m.classes, clip=clip if kind == "probability" else None, sample=sample)
     submission.write(df, lay.submission)
     record = {"csv": str(lay.submission), "dataset": cfg.dataset.name, "name": lay.name, "run_id": info.get("run_id"),
+              "tracking_uri": info.get("tracking_uri"), "sha256": file_sha256(lay.submission),
               "model": str(lay.model), "clip": clip, "rows": int(len(df)), "tta": bool(cfg.train.tta),
               "val_log_loss": metrics.get("val_log_loss"), "val_accuracy": metrics.get("val_accuracy"),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -61,7 +62,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if info.get("run_id") and tracking.enabled(cfg):
         with tracking.run(cfg, lay.name, run_id=info["run_id"]) as mlflow:
             mlflow.log_artifact(str(lay.submission), "submission")
-            mlflow.set_tags({"submission.csv": str(lay.submission), "submission.rows": str(len(df))})
+            mlflow.set_tags({"submission.csv": str(lay.submission), "submission.rows": str(len(df)),
+                             "submission.sha256": record["sha256"]})
             mlflow.log_metric("predict_images_per_second", record["images_per_second"])
     return record
 

@@ -1,0 +1,305 @@
+"""MLflow tracking, read back with MlflowClient: one store, complete runs, sweeps under a parent, failures FAILED.
+
+In-process `train(compose(...))` where possible (TensorFlow is imported once); the sweep runs through the CLI.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import ROOT, TINY, compose, path_overrides
+
+EPOCH_METRICS = ["loss", "val_loss", "log_loss", "val_log_loss", "accuracy", "val_accuracy"]
+NOISE = ["alembic", "View run", "Creating initial MLflow database", "Updating database tables", "INFO mlflow"]
+
+
+def _client(base: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{base}/mlflow.db")
+
+
+def _runs(base: Path) -> list:
+    c = _client(base)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()])
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    out: set[str] = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Raw and processed demo data shared by the in-process tests (each keeps its own models and store)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """An empty store at MLflow's current schema, made once: creating one runs every migration (~10 s here)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path: Path, template: Path) -> Path:
+    """The test's tmp_path with a copy of the empty store as tmp_path/mlflow.db (what path_overrides points tracking.uri at)."""
+    shutil.copyfile(template, tmp_path / "mlflow.db")
+    return tmp_path
+
+
+def _ov(base: Path, data: Path, *extra: str) -> list[str]:
+    return [*TINY, *path_overrides(base), f"paths.raw={data}/raw", f"paths.processed={data}/processed", *extra]
+
+
+# ------------------------------------------------------------------ the store
+def test_store_resolution_and_precedence(tmp_path: Path, monkeypatch):
+    from src import tracking
+    from src.common import PROJECT_ROOT
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    cfg = compose()
+    assert tracking.tracking_uri(cfg) == tracking.default_uri() == default
+    monkeypatch.chdir(tmp_path)                                  # the working directory does not matter
+    assert tracking.tracking_uri(compose()) == default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/env.db")
+    assert tracking.tracking_uri(compose()) == f"sqlite:///{tmp_path}/env.db"                          # env > default
+    assert tracking.tracking_uri(compose(f"tracking.uri=sqlite:///{tmp_path}/x.db")) == f"sqlite:///{tmp_path}/x.db"  # explicit > env
+    assert tracking.tracking_uri(compose("tracking.uri=sqlite:///rel/x.db")) == f"sqlite:///{PROJECT_ROOT}/rel/x.db"
+    assert not tracking.enabled(compose("tracking.enabled=false"))
+
+
+def test_reopened_run_logs_no_key_twice_and_ends_with_the_right_status(tmp_path: Path, store: Path):
+    """KeyboardInterrupt -> KILLED; a resumed run keeps its params (no 'Changing param values' error)."""
+    from src import tracking
+
+    cfg = compose(*path_overrides(tmp_path), "dataset=demo")
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.run(cfg, "job") as mlflow:
+            run_id = mlflow.active_run().info.run_id
+            tracking.log_params_once(mlflow, tracking.config_params(cfg))
+            raise KeyboardInterrupt
+    c = _client(tmp_path)
+    r = c.get_run(run_id)
+    assert r.info.status == "KILLED" and "interrupted" in r.data.tags["error"]
+    n = len(r.data.params)
+    assert n > 30 and r.data.params["train.lr"] == "0.001" and not any(k.startswith("hydra") for k in r.data.params)
+
+    cfg2 = compose(*path_overrides(tmp_path), "dataset=demo", "train.resume=false")
+    with tracking.run(cfg2, "job", run_id=run_id) as mlflow:       # resume: same keys again, one value changed
+        tracking.log_params_once(mlflow, tracking.config_params(cfg2))
+    r = c.get_run(run_id)
+    assert r.info.status == "FINISHED" and len(r.data.params) == n and r.data.params["train.resume"] == "True"
+    assert "error" not in r.data.tags and "interrupted" in r.data.tags["previous_error"]
+
+    # reopening a FINISHED run (evaluate/predict logging into it) never turns it FAILED
+    with pytest.raises(RuntimeError):
+        with tracking.run(cfg, "job", run_id=run_id):
+            raise RuntimeError("disk full")
+    r = c.get_run(run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["stage_error"] == "RuntimeError: disk full"
+    assert [x.info.status for x in _runs(tmp_path)] == ["FINISHED"]
+
+
+def test_failing_child_fails_its_parent(tmp_path: Path, store: Path):
+    from src import tracking
+
+    cfg = compose(*path_overrides(tmp_path), "dataset=demo")
+    c = _client(tmp_path)
+    mlflow = tracking._client_setup(cfg)
+    parent = c.create_run(mlflow.get_experiment_by_name("kagglepipe-demo").experiment_id).info.run_id
+    with tracking.run(cfg, "ok", nested_parent=parent):
+        pass
+    with pytest.raises(ValueError):
+        with tracking.run(cfg, "bad", nested_parent=parent):
+            raise ValueError("boom")
+    runs = {r.info.run_name: r for r in _runs(tmp_path)}
+    assert runs["ok"].info.status == "FINISHED" and runs["bad"].info.status == "FAILED"
+    assert runs["bad"].data.tags["error"] == "ValueError: boom"
+    assert runs["bad"].data.tags["mlflow.parentRunId"] == parent == runs["ok"].data.tags["mlflow.parentRunId"]
+    assert c.get_run(parent).info.status == "FAILED" and "boom" in c.get_run(parent).data.tags["error"]
+
+
+def test_disabled_tracking_creates_no_store(tmp_path: Path, data: Path):
+    from src.common import read_json
+    from src.train import train
+
+    summary = train(compose(*_ov(tmp_path, data, "tracking.enabled=false")))
+    assert summary["run_id"] is None and summary["tracking_uri"] is None
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert read_json(tmp_path / "models" / "demo" / "seed_cnn" / "run.json")["run_id"] is None
+
+
+# ------------------------------------------------------------------ complete runs, linked stages
+def test_two_runs_evaluate_predict_and_trace_the_csv(tmp_path: Path, store: Path, data: Path):
+    from src import tracking
+    from src.common import read_json
+    from src.evaluate import evaluate
+    from src.predict import predict
+    from src.train import train
+
+    a = train(compose(*_ov(tmp_path, data, "name=a", "train.epochs=2")))
+    b = train(compose(*_ov(tmp_path, data, "name=b", "train.lr=3e-4", "train.optimizer=sgd")))
+    cfg_a = compose(*_ov(tmp_path, data, "name=a", "train.epochs=2"))
+    evaluate(cfg_a)
+    record = predict(cfg_a)
+
+    c = _client(tmp_path)
+    runs = {r.info.run_name: r for r in _runs(tmp_path)}
+    assert set(runs) == {"a", "b"} and {r.info.status for r in runs.values()} == {"FINISHED"}
+    ra, rb = runs["a"], runs["b"]
+    assert (ra.info.run_id, rb.info.run_id) == (a["run_id"], b["run_id"])
+    assert ra.info.artifact_uri == (tmp_path / "mlruns").as_uri() + f"/{a['run_id']}/artifacts"
+
+    # params: the composed config, namespaced, every key once; the overrides differ between the runs
+    assert (ra.data.params["train.lr"], rb.data.params["train.lr"]) == ("0.001", "0.0003")
+    assert (ra.data.params["train.optimizer"], rb.data.params["train.optimizer"]) == ("adam", "sgd")
+    assert ra.data.params["train.epochs"] == "2" and ra.data.params["dataset.name"] == "demo"
+    assert ra.data.params["model.name"] == "seed_cnn" and ra.data.params["dataset.image_size"] == "48"
+    # tags: git, dataset fingerprint, what actually ran
+    for r in (ra, rb):
+        t = r.data.tags
+        assert len(t["git.commit"]) == 40 or t["git.commit"] == "unknown"
+        assert t["git.dirty"] in ("true", "false")
+        assert t["runtime.precision"] == "float32" and t["runtime.device"] == "cpu"
+        assert t["dataset"] == "demo" and t["model"] == "seed_cnn" and "hydra.overrides" in t
+    assert ra.data.tags["dataset.fingerprint"] and ra.data.tags["dataset.fingerprint"] == rb.data.tags["dataset.fingerprint"]
+
+    # per-epoch metric histories, one step per epoch; evaluate's metrics do not mix into them
+    for key in EPOCH_METRICS:
+        assert _steps(c, a["run_id"], key) == [1, 2], key
+        assert _steps(c, b["run_id"], key) == [1], key
+    assert ra.data.metrics["epochs_run"] == 2 and ra.data.metrics["best_epoch"] in (1, 2)
+    assert ra.data.metrics["best_val_log_loss"] == pytest.approx(a["best_val_log_loss"])
+    metrics = read_json(tmp_path / "metrics" / "demo" / "a.json")
+    assert ra.data.metrics["eval.val_log_loss"] == pytest.approx(metrics["val_log_loss"])
+    assert ra.data.metrics["eval.val_accuracy"] == pytest.approx(metrics["val_accuracy"])
+
+    # artifacts: config, model, plots, evaluation, submission
+    arts = _artifacts(c, a["run_id"])
+    assert {"config.yaml", "history.json", "model/model.keras", "plots/learning_curve.png", "evaluation/a.json",
+            "plots/roc.png", "plots/calibration.png", "plots/val_predictions.csv", "submission/demo-a.csv"} <= arts, arts
+    assert {"config.yaml", "model/model.keras", "plots/learning_curve.png"} <= _artifacts(c, b["run_id"])
+    logged_cfg = yaml.safe_load(Path(c.download_artifacts(b["run_id"], "config.yaml", str(tmp_path))).read_text())
+    assert logged_cfg["train"]["lr"] == 3e-4 and logged_cfg["train"]["optimizer"] == "sgd"
+
+    # the CSV on disk leads back to its run: sidecar .json, artifact content, and the sha256 tag
+    csv = tmp_path / "submissions" / "demo-a.csv"
+    assert record["run_id"] == a["run_id"] == read_json(csv.with_suffix(".json"))["run_id"]
+    logged_csv = Path(c.download_artifacts(a["run_id"], "submission/demo-a.csv", str(tmp_path / "dl")))
+    assert logged_csv.read_bytes() == csv.read_bytes()
+    assert tracking.run_for_file(cfg_a, csv).info.run_id == a["run_id"]
+    csv.with_suffix(".json").unlink()
+    assert tracking.run_for_file(cfg_a, csv).info.run_id == a["run_id"]             # by content alone
+
+
+def _three_class_raw(raw: Path, classes: list[str], per_class: int = 10, n_test: int = 6) -> None:
+    rng = np.random.default_rng(0)
+    (raw / "train").mkdir(parents=True)
+    (raw / "test").mkdir()
+    labels = [c for c in classes for _ in range(per_class)]
+    for i, cls in enumerate(labels, start=1):
+        arr = rng.integers(0, 120, size=(48, 48, 3), dtype=np.uint8)
+        arr[..., classes.index(cls)] += 120                          # a class-coloured tint
+        Image.fromarray(arr).save(raw / "train" / f"{i}.png")
+    (raw / "trainLabels.csv").write_text("id,label\n" + "".join(f"{i},{c}\n" for i, c in enumerate(labels, 1)))
+    for i in range(1, n_test + 1):
+        Image.fromarray(rng.integers(0, 255, size=(48, 48, 3), dtype=np.uint8)).save(raw / "test" / f"{i}.png")
+    (raw / "sampleSubmission.csv").write_text("id,label\n" + "".join(f"{i},{classes[0]}\n" for i in range(1, n_test + 1)))
+
+
+def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
+    from src.evaluate import evaluate
+    from src.train import train
+
+    classes = ["red", "green", "blue"]
+    _three_class_raw(tmp_path / "raw" / "tri", classes)
+    ov = [*path_overrides(tmp_path), "dataset=cifar10", "model=seed_cnn", "augment=none", "dataset.name=tri",
+          f"dataset.raw_dir={tmp_path}/raw/tri", f"dataset.classes=[{','.join(classes)}]", "dataset.image_size=48",
+          "dataset.val_fraction=0.3", "train.epochs=1", "train.batch_size=16", "prepare.workers=1"]
+    s = train(compose(*ov))
+    evaluate(compose(*ov))
+    c = _client(tmp_path)
+    r = c.get_run(s["run_id"])
+    assert r.info.status == "FINISHED" and r.data.params["dataset.classes"] == str(classes)
+    assert {"plots/confusion_matrix.png", "plots/confusion_matrix.json", "plots/learning_curve.png"} <= _artifacts(c, s["run_id"])
+    assert _steps(c, s["run_id"], "val_accuracy") == [1]
+
+
+# ------------------------------------------------------------------ failures
+def test_failure_after_the_run_started_ends_failed(tmp_path: Path, store: Path, data: Path):
+    from src.common import UserError
+    from src.train import train
+
+    with pytest.raises(UserError, match="model.weights"):
+        train(compose(*_ov(tmp_path, data, f"model.weights={tmp_path}/missing.weights.h5")))
+    (r,) = _runs(tmp_path)
+    assert r.info.status == "FAILED" and r.data.tags["error"].startswith("UserError: model.weights=")
+    assert r.data.params["model.weights"].endswith("missing.weights.h5")   # the config was logged before it failed
+
+
+# ------------------------------------------------------------------ sweeps through the CLI
+def _cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("KAGGLEPIPE_MLFLOW_PARENT_RUN", None)
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=600)
+
+
+def test_sweep_from_another_directory_groups_jobs_under_a_parent(tmp_path: Path):
+    elsewhere = tmp_path / "elsewhere"
+    p = _cli(elsewhere, "-m", *TINY, *path_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/multirun",
+             "train.lr=1e-3,3e-4")
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert not [n for n in NOISE if n in out], out                     # MLflow's own logging stays quiet
+    assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "mlruns").exists()
+
+    c = _client(tmp_path)
+    runs = _runs(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "parent"]   # the Hydra callback fired once
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: r.info.run_name)
+    assert len(runs) == 3 and [r.info.run_name for r in children] == ["seed_cnn-0", "seed_cnn-1"]
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.jobs"] == "2"
+    assert "train.lr=1e-3,3e-4" in parent.data.tags["hydra.overrides"]
+    for r, lr in zip(children, ("0.001", "0.0003")):
+        assert r.info.status == "FINISHED" and r.data.params["train.lr"] == lr
+        assert f"train.lr={lr}" in r.data.tags["hydra.overrides"] and "dataset=demo" in r.data.tags["hydra.overrides"]
+        assert r.data.tags["dataset.fingerprint"] and r.data.tags["runtime.precision"] == "float32"
+        assert all(_steps(c, r.info.run_id, k) == [1] for k in EPOCH_METRICS)
+        assert {"config.yaml", "model/model.keras", "plots/learning_curve.png"} <= _artifacts(c, r.info.run_id)
+        assert (tmp_path / "models" / "demo" / r.info.run_name / "model.keras").is_file()   # distinct outputs
+
+
+def test_sweep_job_failing_before_its_run_fails_the_parent(tmp_path: Path, store: Path):
+    """The job's UserError exits the sweep (status 2) before on_multirun_end; the parent is still closed FAILED.
+
+    (A job failing inside its run fails the parent at once: test_failing_child_fails_its_parent.)
+    """
+    p = _cli(tmp_path / "cwd", "-m", *TINY, *path_overrides(tmp_path), f"hydra.sweep.dir={tmp_path}/multirun",
+             "train.lr=-1,1e-3")
+    assert p.returncode == 2 and "error: config error: train.lr=-1" in p.stderr, p.stderr[-3000:]
+    (parent,) = _runs(tmp_path)                                   # the first job never started a run
+    assert parent.data.tags["sweep"] == "parent" and parent.info.status == "FAILED" and parent.data.tags["error"]
