@@ -281,6 +281,16 @@ def interrupt_handler(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(name)
 
 
+def defer_interrupt(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM while TensorFlow runs: only remember it; the training loop stops at the next batch end and
+    unwinds cleanly (an exception thrown through a running fit can abort TensorFlow). A second signal is immediate."""
+    import signal
+
+    if _INTERRUPTS:
+        interrupt_handler(signum, frame)
+    _INTERRUPTS.append("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+
+
 def check_interrupted() -> None:
     """Raise KeyboardInterrupt if a Ctrl-C/SIGTERM arrived (even one that Python swallowed where it landed)."""
     if _INTERRUPTS:

@@ -21,7 +21,8 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from . import tracking
-from .common import Layout, UserError, atomic_path, check_interrupted, config_hash, interrupt_handler, read_json, write_json
+from .common import (Layout, UserError, _INTERRUPTS, atomic_path, check_interrupted, config_hash, defer_interrupt,
+                     read_json, write_json)
 
 # Config keys that define a training run: a checkpoint made under other values is not resumed.
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
@@ -187,13 +188,17 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        check_interrupted()  # a Ctrl-C/SIGTERM that Python swallowed (it landed in a gc callback) still stops the run
+        if _INTERRUPTS:  # Ctrl-C/SIGTERM (deferred, see common.defer_interrupt): leave fit at this batch's end
+            self.model.stop_training = True
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._t0  # training + validation pass, before any checkpoint I/O
+        if _INTERRUPTS:  # an interrupted epoch is not complete: never checkpoint it
+            self.model.stop_training = True
+            return
         logs = {k: float(v) for k, v in (logs or {}).items()}
         bad = [k for k, v in logs.items() if not math.isfinite(v)]
         if bad:
@@ -307,12 +312,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         stopped_early = False
         t0 = time.perf_counter()
         if state.epoch < int(cfg.train.epochs) and not (state.wait >= int(cfg.train.early_stopping_patience) > 0):
-            prev = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+            check_interrupted()
+            prev = {sig: signal.signal(sig, defer_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
             try:
                 model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.train.epochs), initial_epoch=state.epoch,
                           callbacks=[cb], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
             finally:
-                signal.signal(signal.SIGTERM, prev)
+                for sig, handler in prev.items():
+                    signal.signal(sig, handler)
+            check_interrupted()  # raises KeyboardInterrupt now that fit has returned: the MLflow run ends KILLED
         fit_seconds = time.perf_counter() - t0
         if cb.diverged:
             kept = (f"the best checkpoint so far (epoch {state.best_epoch + 1}) is kept in {state.best}"
@@ -341,9 +349,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(lay.checkpoint_dir, ignore_errors=True)  # finished: the next run with this name starts afresh
     print(f"train: best epoch {state.best_epoch + 1} val_log_loss={state.best_score:.4f}; model -> {lay.model}")
     return summary
-
-
-_sigterm_to_interrupt = interrupt_handler  # raises KeyboardInterrupt("SIGTERM") and remembers it
 
 
 def main() -> None:
