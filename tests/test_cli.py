@@ -17,6 +17,11 @@ from imagegen import dogs_vs_cats
 pytestmark = pytest.mark.slow
 
 
+def _ov(base: Path) -> list[str]:
+    """Every output, the MLflow store and Hydra's run folder under base (nothing lands in the project)."""
+    return [*path_overrides(base), f"hydra.run.dir={base}/hydra"]
+
+
 def _model_name(path: Path) -> str:
     """The Keras model's name, read from the .keras archive's config (no TensorFlow needed)."""
     with zipfile.ZipFile(path) as z:
@@ -29,7 +34,7 @@ def _ok(r) -> None:
 
 
 def test_demo_pipeline_end_to_end(tmp_path: Path):
-    ov = [*TINY, *path_overrides(tmp_path)]
+    ov = [*TINY, *_ov(tmp_path)]
     r = run_cli("src.train", *ov, "train.epochs=2")
     _ok(r)
     assert "running prepare first" in r.stdout  # no processed data yet: train prepared it
@@ -62,7 +67,7 @@ def test_demo_pipeline_end_to_end(tmp_path: Path):
 
 def test_model_and_dataset_overrides_take_effect(tmp_path: Path):
     dogs_vs_cats(tmp_path / "raw" / "dogs_vs_cats", n_per_class=8, n_test=4)
-    r = run_cli("src.train", *path_overrides(tmp_path), "dataset=dogs_vs_cats", "dataset.image_size=40",
+    r = run_cli("src.train", *_ov(tmp_path), "dataset=dogs_vs_cats", "dataset.image_size=40",
                 "model=resnet_cifar", "model.widths=[8,16,16,32]", "train.epochs=1", "train.batch_size=8",
                 "prepare.workers=1")
     _ok(r)
@@ -85,7 +90,7 @@ def _one_error_line(r, *needles: str) -> str:
 
 
 def test_missing_raw_folder(tmp_path: Path):
-    r = run_cli("src.train", *path_overrides(tmp_path), "dataset=dogs_vs_cats")
+    r = run_cli("src.train", *_ov(tmp_path), "dataset=dogs_vs_cats")
     assert r.returncode == 2
     line = _one_error_line(r, "error:", str(tmp_path / "raw" / "dogs_vs_cats"), "not found")
     assert r.stderr.strip() == line  # exactly one line
@@ -95,14 +100,14 @@ def test_empty_test_folder(tmp_path: Path):
     raw = dogs_vs_cats(tmp_path / "raw" / "dogs_vs_cats", n_per_class=3, n_test=2)
     for p in (raw / "test").iterdir():
         p.unlink()
-    r = run_cli("src.prepare", *path_overrides(tmp_path), "dataset=dogs_vs_cats", "prepare.workers=1")
+    r = run_cli("src.prepare", *_ov(tmp_path), "dataset=dogs_vs_cats", "prepare.workers=1")
     assert r.returncode == 2
     line = _one_error_line(r, "error:", "test")
     assert r.stderr.strip() == line
 
 
 def test_bad_config_value(tmp_path: Path):
-    r = run_cli("src.train", *path_overrides(tmp_path), "dataset=demo", "train.epochs=0")
+    r = run_cli("src.train", *_ov(tmp_path), "dataset=demo", "train.epochs=0")
     assert r.returncode == 2
     _one_error_line(r, "train.epochs")
     assert not (tmp_path / "raw").exists()  # stopped before any work
@@ -110,6 +115,6 @@ def test_bad_config_value(tmp_path: Path):
 
 @pytest.mark.parametrize("override, needle", [("train.nope=1", "train.nope"), ("model=nope", "model/nope")])
 def test_unknown_key_or_group_option(tmp_path: Path, override: str, needle: str):
-    r = run_cli("src.train", *path_overrides(tmp_path), "dataset=demo", override)
+    r = run_cli("src.train", *_ov(tmp_path), "dataset=demo", override)
     _one_error_line(r, needle)
     assert not (tmp_path / "raw").exists()
