@@ -499,7 +499,16 @@ def _write_image_files(out: Path, train: pd.DataFrame, test: pd.DataFrame) -> No
 
 
 def ensure_prepared(cfg: DictConfig) -> Path:
-    """Used by later stages: prepare first when the processed data is missing or stale."""
+    """Used by later stages: prepare first when the processed data is missing or stale.
+
+    Inside a DVC stage (DVC sets DVC_STAGE) DVC decides staleness by content: files it restores (dvc pull/checkout)
+    have new mtimes, and re-preparing here would rewrite the prepare stage's outputs behind its back.
+    """
+    if os.environ.get("DVC_STAGE"):
+        out = project_path(cfg.paths.processed) / cfg.dataset.name
+        if not all((out / f).is_file() for f in ("train.npy", "test.npy", "train.csv", "test.csv", "classes.json")):
+            raise UserError(f"{out} is missing or incomplete; run the prepare stage first: dvc repro prepare")
+        return out
     if not is_up_to_date(cfg):
         print("prepare: processed data missing or out of date; running prepare first")
         return prepare(cfg)
