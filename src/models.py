@@ -39,34 +39,82 @@ class ImageNetPreprocess(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="kagglepipe")
+class RandomFlipZoomShift(layers.Layer):
+    """Per-image random horizontal flip, zoom and translation (reflect padding), in training only.
+
+    The warp is separable, so it is two small batched matrix products (rows, then columns) with bilinear
+    weights: fast on accelerators under every backend (Keras' RandomZoom/RandomTranslation gather per pixel
+    and crawl under JAX on a GPU). Without zoom the shifts are whole pixels: exact pad-reflect-and-crop.
+    """
+
+    def __init__(self, flip: bool = False, zoom: float = 0.0, translate: float = 0.0, seed: int | None = None,
+                 **kwargs: Any):
+        super().__init__(**kwargs)
+        self.flip, self.zoom, self.translate, self.seed = bool(flip), float(zoom), float(translate), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _weights(self, n: int, scale, shift):
+        """(B, n_out, n_in) bilinear sampling matrices: output pixel i reads input coordinate c_i (reflected)."""
+        i = ops.arange(n, dtype="float32")
+        c = (i[None, :] + 0.5 - n / 2) * scale[:, None] + n / 2 - 0.5 + shift[:, None]
+        period = 2.0 * (n - 1)
+        c = ops.mod(c, period)
+        c = ops.where(c > n - 1, period - c, c)
+        return ops.relu(1.0 - ops.abs(c[:, :, None] - i[None, None, :]))
+
+    def call(self, x, training=None):
+        x = ops.cast(x, self.compute_dtype)
+        if not training:
+            return x
+        b = ops.shape(x)[0]
+        h, w = int(x.shape[1]), int(x.shape[2])
+        u = keras.random.uniform((4, b), seed=self.seed_generator)
+        scale = 1.0 + self.zoom * (2.0 * u[0] - 1.0)
+        ty, tx = self.translate * h * (2.0 * u[1] - 1.0), self.translate * w * (2.0 * u[2] - 1.0)
+        if not self.zoom:
+            ty, tx = ops.round(ty), ops.round(tx)
+        sx = scale * ops.where(u[3] < 0.5, -1.0, 1.0) if self.flip else scale
+        ay = ops.cast(self._weights(h, scale, ty), self.compute_dtype)
+        ax = ops.cast(self._weights(w, sx, tx), self.compute_dtype)
+        x = ops.einsum("bij,bjwc->biwc", ay, x)
+        return ops.einsum("bkw,biwc->bikc", ax, x)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "flip": self.flip, "zoom": self.zoom, "translate": self.translate,
+                "seed": self.seed}
+
+
 def augmentation(aug: DictConfig | None, seed: int) -> list[layers.Layer]:
     """Random augmentation layers (identity at inference)."""
     if aug is None:
         return []
     out: list[layers.Layer] = []
     fill = str(aug.get("fill_mode", "reflect"))
-    if aug.flip:
-        out.append(layers.RandomFlip("horizontal", seed=seed))
     if aug.rotation:
         out.append(layers.RandomRotation(float(aug.rotation), fill_mode=fill, seed=seed + 1))
-    if aug.zoom:
-        out.append(layers.RandomZoom(float(aug.zoom), fill_mode=fill, seed=seed + 2))
-    if aug.translate:
-        t = float(aug.translate)
-        out.append(layers.RandomTranslation(t, t, fill_mode=fill, seed=seed + 3))
+    if aug.flip or aug.zoom or aug.translate:
+        out.append(RandomFlipZoomShift(bool(aug.flip), float(aug.zoom), float(aug.translate), seed=seed))
     if aug.get("contrast"):
         out.append(layers.RandomContrast(float(aug.contrast), value_range=(0, 255), seed=seed + 4))
     return out
 
 
-def head(x, num_classes: int, dropout: float = 0.0):
-    """Float32 output layer: P(class 1) for two classes, softmax otherwise."""
+def head(x, num_classes: int, dropout: float = 0.0, logit_scale: float = 1.0, use_bias: bool = True):
+    """Float32 output layer: P(class 1) for two classes, softmax otherwise (logits optionally scaled)."""
     if dropout:
         x = layers.Dropout(dropout)(x)
     if num_classes == 2:
-        x = layers.Dense(1, dtype="float32", name="logit")(x)
+        x = layers.Dense(1, dtype="float32", use_bias=use_bias, name="logit")(x)
+        if logit_scale != 1.0:
+            x = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
         return layers.Activation("sigmoid", dtype="float32", name="probability")(x)
-    x = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    x = layers.Dense(num_classes, dtype="float32", use_bias=use_bias, name="logits")(x)
+    if logit_scale != 1.0:
+        x = layers.Rescaling(logit_scale, dtype="float32", name="logit_scale")(x)
     return layers.Activation("softmax", dtype="float32", name="probabilities")(x)
 
 
@@ -160,7 +208,8 @@ def resnet_cifar(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig
     x = layers.MaxPooling2D(2)(x)
     x = residual(x, w[3])
     x = layers.GlobalMaxPooling2D()(x)
-    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="resnet_cifar")
+    out = head(x, num_classes, float(cfg.dropout), float(cfg.get("logit_scale", 1.0)), use_bias=False)
+    return keras.Model(inputs, out, name="resnet_cifar")
 
 
 def _weights_path(weights: Any) -> str | None:
@@ -214,4 +263,4 @@ def build_model(model_cfg: DictConfig, input_shape, num_classes: int, aug: DictC
     return model
 
 
-CUSTOM_OBJECTS = {"ImageNetPreprocess": ImageNetPreprocess}
+CUSTOM_OBJECTS = {"ImageNetPreprocess": ImageNetPreprocess, "RandomFlipZoomShift": RandomFlipZoomShift}
