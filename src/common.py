@@ -203,6 +203,44 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=False)
 
 
+def _one_line(message: str) -> str:
+    """Hydra's multi-line composition errors as one line: the problem, then the options it lists."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if any(ln.startswith("Config search path") for ln in lines):
+        lines = lines[:[i for i, ln in enumerate(lines) if ln.startswith("Config search path")][0]]
+    out: list[str] = []
+    for ln in lines:
+        if out and out[-1].endswith(":"):
+            out[-1] += " " + ln
+        elif out and ":" in out[-1] and out[-1].split(":")[0].startswith("Available options"):
+            out[-1] += ", " + ln
+        else:
+            out.append(ln.rstrip("."))
+    return "; ".join(out)
+
+
+def precheck_overrides(argv: list[str] | None = None) -> None:
+    """Compose the command line's overrides before Hydra runs a stage: an unknown key, group option or a
+    malformed override becomes one line on stderr and exit status 2 (Hydra itself prints several lines).
+
+    Flags (-m/--multirun, --config-dir, --help, ...) are left to Hydra, which reports on them itself.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        compose(argv)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {_one_line(str(e))} (groups and keys are in conf/)", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def run_name(cfg: DictConfig) -> str:
     """The run's name; sweep jobs get their job number appended so they never share outputs."""
     name = str(cfg.name)

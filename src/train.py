@@ -354,7 +354,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main() -> None:
     import hydra
 
-    from .common import cli
+    from .common import cli, precheck_overrides
+
+    precheck_overrides()
 
     @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
     @cli
