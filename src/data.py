@@ -1,10 +1,10 @@
 """tf.data input pipelines built from prepare's manifests and uint8 image arrays.
 
-Images were decoded and resized once, in parallel, by prepare (train.npy/test.npy); here they stream
-from the memory-mapped arrays in chunks (bounded memory whatever the dataset size). The training
-pipeline caches the decoded images, then shuffles (seeded), batches and prefetches; random
+Images were decoded and resized once, in parallel, by prepare (train.npy/test.npy); validation and test
+images stream from those files in chunks (bounded memory whatever the dataset size), deterministic and in
+manifest order. The training pipeline reads its images into memory once (the cache), then each epoch
+shuffles the row numbers (seeded) and gathers whole batches from the cache, and prefetches; random
 augmentation runs inside the model (Keras preprocessing layers, see models.py), on the accelerator.
-Validation and test pipelines are deterministic and keep manifest order.
 
 Batches are (uint8 images [B, H, W, 3], float32 labels): [B, 1] for two classes (P(class 1)),
 one-hot [B, K] for more.
@@ -60,10 +60,8 @@ def load_manifests(processed: str | Path) -> Manifests:
 
 def _generator(npy: Path, indices: np.ndarray, labels: np.ndarray | None, chunk: int):
     def gen():
-        arr = np.load(npy, mmap_mode="r")
         for s in range(0, len(indices), chunk):
-            idx = indices[s:s + chunk]
-            x = np.ascontiguousarray(arr[idx])
+            x = _read_rows(npy, indices[s:s + chunk])
             yield (x, labels[s:s + chunk]) if labels is not None else x
     return gen
 
@@ -85,17 +83,97 @@ def encode_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[labels]
 
 
+def _empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """np.empty on a 64-byte boundary, so TensorFlow can use the buffer as it is (see _cpu_variable)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(nbytes + align, dtype=np.uint8)
+    start = (-buf.ctypes.data) % align
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _cpu_variable(src: np.ndarray, name: str) -> tf.Variable:
+    """A non-trainable CPU variable holding `a`, built through DLPack: TensorFlow adopts the (aligned) numpy
+    buffer instead of converting it (tf.Variable(numpy) copies element-wise, ~10x slower than reading it).
+    `src` must not be written to afterwards."""
+    a = src
+    if a.ctypes.data % 64 or not a.flags.c_contiguous:  # TensorFlow aborts on a misaligned buffer
+        a = _empty_aligned(a.shape, a.dtype)
+        a[...] = src
+    with tf.device("/CPU:0"):
+        try:
+            return tf.Variable(tf.experimental.dlpack.from_dlpack(a.__dlpack__()), trainable=False, name=name)
+        except Exception:  # no DLPack support here: the plain (copying) way
+            return tf.Variable(a, trainable=False, name=name)
+
+
+def _read_rows(npy: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows of a .npy array, in the given order, read with one plain file read per run of consecutive rows.
+
+    Cheaper than faulting a memory map's pages in one by one, and the pages read do not stay mapped
+    into the process (streaming a large array keeps its resident memory flat)."""
+    arr = np.load(npy, mmap_mode="r")
+    out = _empty_aligned((len(rows), *arr.shape[1:]), arr.dtype)
+    if not len(rows):
+        return out
+    if not (isinstance(arr, np.memmap) and arr.flags.c_contiguous):
+        out[:] = arr[rows]
+        return out
+    row_bytes = arr.strides[0]
+    buf = memoryview(out.reshape(-1).view(np.uint8))
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    with open(npy, "rb") as f:
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            f.seek(arr.offset + int(rows[a]) * row_bytes)
+            want = (b - a) * row_bytes
+            if f.readinto(buf[a * row_bytes:b * row_bytes]) != want:
+                raise UserError(f"{npy}: shorter than its header says; run prepare again")
+    return out
+
+
+def _streamed_batches(npy: Path, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+                      drop_remainder: bool):
+    """cache=False: each epoch a seeded permutation, every batch read from the array file."""
+    n = len(indices)
+    steps = n // batch_size if drop_remainder else -(-n // batch_size)
+    epoch = [0]
+
+    def gen():
+        order = np.random.default_rng([seed, epoch[0]]).permutation(n)
+        epoch[0] += 1
+        for b in range(steps):
+            rows = order[b * batch_size:(b + 1) * batch_size]
+            yield _read_rows(npy, indices[rows]), labels[rows]
+    return gen, steps
+
+
 def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int = 10000,
                   df: pd.DataFrame | None = None, cache: bool = True, drop_remainder: bool = False) -> tf.data.Dataset:
-    """Cached, shuffled (seeded, reshuffled each epoch), batched, prefetched training pipeline."""
+    """Cached, shuffled (seeded, reshuffled each epoch), batched, prefetched training pipeline.
+
+    The training images are read once into memory (a CPU tf.Variable: the cache); each epoch shuffles the
+    row numbers (seeded, a new order every epoch) and every batch is one gather from the cache, all inside
+    tf.data, without per-image work in Python or a per-image shuffle buffer. The shuffle is always over
+    the whole training set (shuffle_buffer is kept for callers; it no longer limits anything).
+    cache=False keeps nothing in memory: every batch is read from train.npy.
+    Call it outside a distribution strategy's scope (the cache is a plain CPU variable).
+    """
     df = m.train if df is None else df
+    bs = int(batch_size)
     y = encode_labels(df["label"].to_numpy(), m.num_classes)
-    ds = _source(m.processed / "train.npy", df["index"].to_numpy(), y, m.image_shape, CHUNK).unbatch()
-    ds = ds.apply(tf.data.experimental.assert_cardinality(len(df)))
-    if cache:
-        ds = ds.cache()
-    ds = ds.shuffle(min(shuffle_buffer, len(df)) or 1, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    index = df["index"].to_numpy()
+    b = bs if drop_remainder else None
+    sig = (tf.TensorSpec((b, *m.image_shape), tf.uint8), tf.TensorSpec((b, *y.shape[1:]), tf.float32))
+    if not cache:
+        gen, steps = _streamed_batches(m.processed / "train.npy", index, y, bs, int(seed), drop_remainder)
+        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
+        return ds.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(AUTOTUNE)
+    order = np.argsort(index, kind="stable")  # read the file front to back; the cache's row order is irrelevant
+    x_cache = _cpu_variable(_read_rows(m.processed / "train.npy", index[order]), "train_images")
+    y_cache = _cpu_variable(y[order], "train_labels")
+    ds = tf.data.Dataset.range(len(df)).shuffle(max(len(df), 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(bs, drop_remainder=drop_remainder)
+    ds = ds.map(lambda i: (tf.gather(x_cache, i), tf.gather(y_cache, i)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 def eval_dataset(m: Manifests, df: pd.DataFrame, batch_size: int, split: str = "train", labelled: bool = True,

@@ -20,7 +20,9 @@ import multiprocessing as mp
 import os
 import re
 import shutil
+import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -314,9 +316,32 @@ def _load_job(args: tuple[str, int, str]) -> tuple[np.ndarray | None, str | None
         return None, f"corrupt or truncated image ({e})"
 
 
+_OUT_FDS: dict[str, int] = {}  # per process: the open output file each worker writes its rows into
+
+
+def _write_job(args: tuple[str, int, str, str, int]) -> str | None:
+    """Load one image and write its row straight into the output .npy at byte `pos` (pwrite): the pixels
+    never travel back to the parent through a pipe. Returns the error, or None."""
+    path, size, mode, out, pos = args
+    img, err = _load_job((path, size, mode))
+    if img is not None:
+        fd = _OUT_FDS.get(out)
+        if fd is None:
+            fd = _OUT_FDS[out] = os.open(out, os.O_WRONLY)
+        data = memoryview(np.ascontiguousarray(img, dtype=np.uint8)).cast("B")
+        done = 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], pos + done)
+    return err
+
+
 def _pool(workers: int):
-    # spawn, not fork: train imports TensorFlow first and then may call prepare.
-    return mp.get_context("spawn").Pool(processes=workers)
+    # fork starts workers in ~0.1 s; spawn re-imports this module in every worker (~1-3 s, paid per pool).
+    # Fork only a plain single-threaded process: train imports TensorFlow (threads) first and then may call
+    # prepare, and forking a threaded process can deadlock, so that case (and non-Linux) keeps spawn.
+    threaded = threading.active_count() > 1 or any(m in sys.modules for m in ("tensorflow", "jax", "torch"))
+    method = "fork" if sys.platform.startswith("linux") and not threaded else "spawn"
+    return mp.get_context(method).Pool(processes=workers)
 
 
 def _reserve(path: Path) -> None:
@@ -338,33 +363,35 @@ def _reserve(path: Path) -> None:
 def resize_all(paths: list[str], size: int, mode: str, out: Path, workers: int, label: str) -> list[str | None]:
     """Resize every image in parallel into a uint8 .npy array (row i = paths[i]); return each row's error or None.
 
-    Results stream into a memory-mapped file, so memory stays flat whatever the number of images.
+    Each worker writes its rows straight into the file (pwrite; no pixels through pipes, no memory map whose
+    written pages would stay resident), so memory stays flat whatever the number of images.
     """
     errors: list[str | None] = []
     with atomic_path(out, suffix=".npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
         _reserve(tmp)
+        offset, row_bytes = arr.offset, size * size * 3
+        del arr
         t0 = time.perf_counter()
-        jobs = [(p, size, mode) for p in paths]
+        jobs = [(p, size, mode, str(tmp), offset + i * row_bytes) for i, p in enumerate(paths)]
         chunk = max(1, min(64, len(jobs) // (workers * 4) or 1))
         if workers <= 1:
-            results = map(_load_job, jobs)
+            results = map(_write_job, jobs)
             pool = None
         else:
             pool = _pool(workers)
-            results = pool.imap(_load_job, jobs, chunksize=chunk)
+            results = pool.imap(_write_job, jobs, chunksize=chunk)
         try:
-            for i, (img, err) in enumerate(results):
-                if img is not None:
-                    arr[i] = img
+            for i, err in enumerate(results):
                 errors.append(err)
                 if (i + 1) % 20000 == 0:
                     print(f"prepare: {label} {i + 1}/{len(jobs)} images ({(i + 1) / (time.perf_counter() - t0):.0f} img/s)")
         finally:
             if pool is not None:
                 pool.terminate()
-        arr.flush()
-        del arr
+            fd = _OUT_FDS.pop(str(tmp), None)  # the in-process (workers <= 1) writer's file
+            if fd is not None:
+                os.close(fd)
     return errors
 
 
