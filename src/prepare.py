@@ -35,7 +35,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .common import UserError, atomic_path, config_hash, project_path, read_json, write_json, write_text
 
-PREPARE_VERSION = 2  # bump when the output format or resizing changes: forces a rerun
+PREPARE_VERSION = 3  # bump when the output format or resizing changes: forces a rerun
 SPLIT_KEYS = ["dataset.name", "dataset.layout", "dataset.labels_csv", "dataset.image_ext", "dataset.classes",
               "dataset.image_size", "dataset.resize", "dataset.val_fraction", "dataset.split_seed",
               "dataset.sample_submission"]
@@ -292,11 +292,11 @@ def load_image(path: str, size: int, mode: str = "stretch") -> np.ndarray:
             im = _to_rgb(im)
             if im.size != (size, size):
                 if mode == "pad":
-                    im = ImageOps.pad(im, (size, size), method=Image.Resampling.BICUBIC, color=(0, 0, 0))
+                    im = ImageOps.pad(im, (size, size), method=Image.Resampling.BILINEAR, color=(0, 0, 0))
                 elif mode == "crop":
-                    im = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
+                    im = ImageOps.fit(im, (size, size), method=Image.Resampling.BILINEAR)
                 else:
-                    im = im.resize((size, size), Image.Resampling.BICUBIC)
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
 
 
