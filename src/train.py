@@ -54,36 +54,113 @@ def resolve_precision(requested: str) -> str:
     return "mixed_float16" if accelerators() else "float32"
 
 
+def _simulated_cpu_devices() -> None:
+    """KAGGLEPIPE_CPU_DEVICES=n: split the CPU into n devices, so data parallelism can be tried (and tested)
+    without accelerators. Only works before the backend initialises its devices, hence first in setup_runtime.
+    The JAX equivalent of XLA_FLAGS=--xla_force_host_platform_device_count=n."""
+    n = int(os.environ.get("KAGGLEPIPE_CPU_DEVICES") or 0)
+    if n < 2:
+        return
+    import keras
+
+    try:
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        elif keras.config.backend() == "jax":
+            import jax
+
+            jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # already initialised (a later job of a sweep, in the same process): keep what it has
+        pass
+
+
+def _initialize_multiprocess(cfg: DictConfig) -> None:
+    """JAX multi-host/multi-process data parallelism: keras.distribution.initialize() joins this process to the
+    cluster when the launcher sets KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port, or all of them,
+    comma-separated), KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID (one process per host,
+    same command everywhere). It must come before any computation. keras.distribution.list_devices() then lists
+    every process's devices and each process feeds its share of the global batch (train.batch_size)."""
+    import keras
+
+    if cfg.train.distribute != "data_parallel" or keras.config.backend() != "jax":
+        return
+    if not any(k in os.environ for k in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")):
+        return
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+
+
+def data_parallel_devices(cfg: DictConfig) -> list[str]:
+    """The devices train.distribute=data_parallel splits each batch over (GPUs, else the CPU devices); [] for none."""
+    import keras
+
+    if cfg.train.distribute != "data_parallel":
+        return []
+    if keras.config.backend() == "jax":
+        return list(keras.distribution.list_devices())
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices("GPU")] or \
+               [d.name for d in tf.config.list_logical_devices("CPU")]
+    raise UserError(f"train.distribute=data_parallel is not supported on the {keras.config.backend()} backend; use none")
+
+
 def setup_runtime(cfg: DictConfig) -> dict[str, str]:
     import keras
 
+    _simulated_cpu_devices()  # both before anything initialises the backend's devices
+    _initialize_multiprocess(cfg)
     keras.utils.set_random_seed(int(cfg.seed))
     policy = resolve_precision(str(cfg.train.precision))
     keras.config.set_dtype_policy(policy)
     acc = accelerators()
+    replicas = len(data_parallel_devices(cfg)) or 1
+    if int(cfg.train.batch_size) % replicas:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over the {replicas} devices of "
+                        f"train.distribute=data_parallel; use a multiple of {replicas}")
     return {"runtime.backend": keras.config.backend(), "runtime.precision": policy,
-            "runtime.device": ", ".join(acc) if acc else "cpu"}
+            "runtime.device": ", ".join(acc) if acc else "cpu", "runtime.replicas": str(replicas)}
 
 
 def distribution_scope(cfg: DictConfig):
-    """train.distribute=data_parallel: split every batch across all visible devices with the framework's own tools."""
+    """train.distribute=data_parallel: split every batch (train.batch_size, the global batch) across all visible
+    devices with the framework's own tools. Build, compile or load the model inside the returned context.
+
+    TensorFlow: a tf.distribute.MirroredStrategy scope (model, optimizer and metrics variables are mirrored; Keras
+    remembers the strategy, so fit may run outside the scope; each replica gets batch_size / replicas images and
+    gradients are all-reduced; BatchNormalization statistics are per replica). JAX: keras.distribution.DataParallel
+    is set globally (it has to stay set for fit, which shards every batch over the device mesh); none clears it.
+    """
     import contextlib
 
     import keras
 
+    if keras.config.backend() == "jax":
+        devices = data_parallel_devices(cfg)
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices) if devices else None)
+        return contextlib.nullcontext()
     if cfg.train.distribute != "data_parallel":
         return contextlib.nullcontext()
-    if keras.config.backend() == "jax":
-        devices = keras.distribution.list_devices()
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-        return contextlib.nullcontext()
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
+    import tensorflow as tf
 
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")] or \
-                  [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices=devices).scope()
-    raise UserError(f"train.distribute=data_parallel is not supported on the {keras.config.backend()} backend; use none")
+    return tf.distribute.MirroredStrategy(devices=data_parallel_devices(cfg)).scope()
+
+
+def replicas_in_use(model) -> int:
+    """How many devices the built model really trains on (read back from the framework, not from the config)."""
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        return int(model.distribute_strategy.num_replicas_in_sync)
+    if keras.config.backend() == "jax":  # DataParallel replicates every variable over the mesh
+        return len(model.trainable_variables[0].value.sharding.device_set)
+    return 1
 
 
 # ------------------------------------------------------------------ optimisation
@@ -304,6 +381,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             else:
                 model = build_model(cfg.model, m.image_shape, m.num_classes, cfg.augment, int(cfg.seed))
                 compile_model(model, cfg, m.num_classes, steps)
+        if cfg.train.distribute == "data_parallel":
+            print(f"train: data parallel over {replicas_in_use(model)} replicas")
         if resumed:
             keras.utils.set_random_seed(int(cfg.seed) + state.epoch)
         train_ds = train_dataset(m, bs, int(cfg.seed), int(cfg.train.shuffle_buffer), df=train_df)
