@@ -333,9 +333,6 @@ def main() -> None:
             ("project later epochs (augmentation in the model) vs ImageDataGenerator", p, "later", "idg",
              TARGETS["later_vs_idg"]),
         ]
-        if pa:
-            target_rows.append(("project later epochs, augmentation in tf.data on the CPU, vs ImageDataGenerator",
-                                pa, "later", "idg", TARGETS["later_vs_idg"]))
     targets = [{"what": w, "ratio": row[f"{k}_vs_{b}"], "ratio_cpu": row[f"{k}_cpu_vs_{b}"], "target": t,
                 "met": bool(row[f"{k}_vs_{b}"] is not None and row[f"{k}_vs_{b}"] >= t),
                 "met_cpu": bool(row[f"{k}_cpu_vs_{b}"] is not None and row[f"{k}_cpu_vs_{b}"] >= t)}
@@ -355,6 +352,10 @@ def main() -> None:
     for t in targets:
         print(f"{'met   ' if t['met'] else 'MISSED'} {t['what']}: {t['ratio']:.1f}x wall clock, "
               f"{t['ratio_cpu']:.1f}x per CPU-second (target {t['target']:g}x)")
+    if pa and idg:  # for reference, not a target: the issue lets augmentation run in the model, on the accelerator
+        print(f"info   project later epochs with the model's augmentation run in tf.data on the CPU instead: "
+              f"{pa['later_vs_idg']:.1f}x ImageDataGenerator (Keras' augmentation layers on {bu.machine()['cpu_count']} "
+              "CPU cores; why augmentation runs in the model)")
     print()
     print("\n".join(lines))
     info["machine"]["load_avg_end"] = bu.load()
