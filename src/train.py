@@ -231,6 +231,7 @@ class TrainingState:
         self.wait = 0
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None
+        self.rng: list[list[int]] = []  # the model's random-generator states (augmentation, dropout) after `epoch`
 
     def load(self) -> bool:
         if not (self.file.is_file() and self.last.is_file()):
@@ -241,12 +242,13 @@ class TrainingState:
             return False
         self.epoch, self.best_score, self.best_epoch = s["epoch"], s["best_score"], s["best_epoch"]
         self.wait, self.history, self.run_id = s["wait"], s["history"], s.get("run_id")
+        self.rng = s.get("rng", [])
         return True
 
     def save(self) -> None:
         write_json(self.file, {"config_hash": self.cfg_hash, "epoch": self.epoch, "best_score": self.best_score,
                                "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history,
-                               "run_id": self.run_id})
+                               "run_id": self.run_id, "rng": self.rng})
 
 
 def _callback_base():
@@ -291,6 +293,7 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
             st.wait += 1
         st.epoch = epoch + 1
         st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
+        st.rng = rng_state(self.model)
         save_model_atomic(self.model, st.last)
         st.save()  # written last: it only ever names complete checkpoint files
         if self.mlflow is not None:
@@ -299,6 +302,26 @@ class EpochEnd(_callback_base()):  # type: ignore[misc]
         if self.patience and st.wait >= self.patience:
             print(f"train: early stop, no better val_log_loss for {self.patience} epochs (best epoch {st.best_epoch + 1})")
             self.model.stop_training = True
+
+
+def _seed_states(model) -> list:
+    """The state variables of every keras.random.SeedGenerator in the model (one per augmentation or dropout
+    layer), in layer order. Keras does not save them with the model: a reloaded model would restart them."""
+    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+
+
+def rng_state(model) -> list[list[int]]:
+    return [np.asarray(v.numpy()).tolist() for v in _seed_states(model)]
+
+
+def restore_rng_state(model, states: list[list[int]]) -> None:
+    variables = _seed_states(model)
+    if len(variables) != len(states):
+        print(f"train: checkpoint has {len(states)} random-generator states, the model {len(variables)}; "
+              "augmentation and dropout restart from their seeds")
+        return
+    for v, value in zip(variables, states):
+        v.assign(np.asarray(value, dtype=v.dtype))
 
 
 # ------------------------------------------------------------------ plots
@@ -378,14 +401,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with distribution_scope(cfg):
             if resumed:
                 model = keras.saving.load_model(state.last, custom_objects=CUSTOM_OBJECTS)
+                restore_rng_state(model, state.rng)
             else:
                 model = build_model(cfg.model, m.image_shape, m.num_classes, cfg.augment, int(cfg.seed))
                 compile_model(model, cfg, m.num_classes, steps)
         if cfg.train.distribute == "data_parallel":
             print(f"train: data parallel over {replicas_in_use(model)} replicas")
-        if resumed:
-            keras.utils.set_random_seed(int(cfg.seed) + state.epoch)
-        train_ds = train_dataset(m, bs, int(cfg.seed), int(cfg.train.shuffle_buffer), df=train_df)
+        # Epoch e's batches depend on (seed, e) only and the generators' states come back with the checkpoint,
+        # so a resumed run trains on what an uninterrupted one would have.
+        train_ds = train_dataset(m, bs, int(cfg.seed), int(cfg.train.shuffle_buffer), df=train_df,
+                                 first_epoch=state.epoch)
         val_ds = val_dataset(m, max(bs, 64))
         cb = EpochEnd(state, int(cfg.train.early_stopping_patience), mlflow)
         stopped_early = False
@@ -395,7 +420,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             prev = {sig: signal.signal(sig, defer_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
             try:
                 model.fit(train_ds, validation_data=val_ds, epochs=int(cfg.train.epochs), initial_epoch=state.epoch,
-                          callbacks=[cb], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
+                          steps_per_epoch=steps, callbacks=[cb], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
             finally:
                 for sig, handler in prev.items():
                     signal.signal(sig, handler)

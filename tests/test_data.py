@@ -12,7 +12,7 @@ from imagegen import cifar, dogs_vs_cats
 from src.prepare import prepare
 
 tf = pytest.importorskip("tensorflow")
-from src.data import encode_labels, load_manifests, train_dataset, val_dataset  # noqa: E402
+from src.data import encode_labels, load_manifests, steps_per_epoch, train_dataset, val_dataset  # noqa: E402
 from src.data import test_dataset as make_test_dataset  # noqa: E402  (not a pytest test)
 
 SIZE = 48
@@ -102,6 +102,30 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(binary):
     assert sorted(second) == sorted(first) and second != first           # next epoch: another order
     assert _order(m, train_dataset(m, batch_size=5, seed=124)) != first
     assert first != sorted(first)                                         # it is shuffled at all
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_epoch_stream_depends_on_seed_and_epoch_only(binary, cache):
+    """first_epoch=k: endless epochs k, k+1, ...; epoch e's batches are the same whichever epoch the stream
+    started at (what makes a resumed run train on exactly what an uninterrupted one would)."""
+    m = binary
+    steps = steps_per_epoch(len(m.train), 5)
+    assert steps == 4  # 16 images: 5, 5, 5, 1 (no batch straddles two epochs)
+
+    def epochs(first: int, n: int) -> list[list[int]]:
+        it = iter(train_dataset(m, batch_size=5, seed=7, cache=cache, first_epoch=first))
+        out = []
+        for _ in range(n):
+            batches = [next(it) for _ in range(steps)]
+            assert [int(b[0].shape[0]) for b in batches] == [5, 5, 5, 1]
+            out.append(_order(m, batches))
+        return out
+
+    e0, e1, e2 = epochs(0, 3)
+    assert sorted(e0) == sorted(e1) == sorted(e2) == sorted(_order(m, train_dataset(m, 16, seed=7)))
+    assert len({tuple(e0), tuple(e1), tuple(e2)}) == 3  # a new order every epoch
+    assert epochs(1, 2) == [e1, e2]                    # started at epoch 1: the same epochs 1 and 2
+    assert epochs(2, 1) == [e2]
 
 
 def test_validation_and_test_keep_manifest_order(binary):
