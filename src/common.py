@@ -96,7 +96,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------- config
-MODELS = ("seed_cnn", "xception_small", "resnet_cifar", "efficientnet_b0", "resnet50")
+MODELS = ("seed_cnn", "xception_small", "xception_mini", "resnet_cifar", "resnet_small", "efficientnet_b0", "resnet50")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -181,6 +181,18 @@ def validate_config(cfg: DictConfig) -> None:
         raise UserError(f"config error: {key}: {str(e).splitlines()[0]}; fix it in conf/ or override it") from e
     for key, ok, allowed in checks:
         _check(cfg, key, ok, allowed)
+    positive_ints = (lambda v: OmegaConf.is_list(v) and len(v) > 0 and all(_is_int(w) and w > 0 for w in v),
+                     "a non-empty list of positive integers, e.g. [32, 64]")
+    model_keys: list[tuple[str, Callable[[Any], bool], str]] = [  # only some networks have them
+        ("model.widths", *positive_ints),
+        ("model.blocks", *positive_ints),
+        ("model.stem_width", lambda v: _is_int(v) and v > 0, "a positive integer"),
+        ("model.stem_kernel", lambda v: _is_int(v) and 1 <= v <= 11, "an integer from 1 to 11"),
+        ("model.stem_strides", lambda v: v in (1, 2), "1 or 2"),
+    ]
+    for key, ok, allowed in model_keys:
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            _check(cfg, key, ok, allowed)
     if str(_get(cfg, "dataset.layout")) == "labels_csv" and not _get(cfg, "dataset.labels_csv"):
         raise UserError("config error: dataset.labels_csv must name the labels CSV when dataset.layout=labels_csv")
 

@@ -180,6 +180,29 @@ def xception_small(input_shape, num_classes: int, cfg: DictConfig, aug: DictConf
     return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="xception_small")
 
 
+def xception_mini(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """The small Xception-like network of "Deep Learning with Python" (2nd ed., ch. 9) for photo data sets of a few
+    thousand images: a plain stem conv, then pre-activation blocks (BN, ReLU, separable conv, twice) that halve
+    the resolution by max-pooling, with 1x1 strided residual projections; global pooling, dropout, the head.
+    The book reports 90.8% test accuracy on 2,000 Dogs vs Cats photos (180x180, stem stride 1).
+    `stem_strides: 2` quarters the cost of the first block (~2x faster on a CPU at 150x150)."""
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    x = layers.Conv2D(int(cfg.stem_width), int(cfg.stem_kernel), strides=int(cfg.stem_strides), use_bias=False)(x)
+    for width in cfg.widths:
+        width = int(width)
+        residual = x
+        for _ in range(2):
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+            x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        residual = layers.Conv2D(width, 1, strides=2, padding="same", use_bias=False)(residual)
+        x = layers.add([x, residual])
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="xception_mini")
+
+
 def resnet_cifar(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
     """ResNet-9 (the DAWNBench CIFAR-10 network): prep conv, three stages with pooling, two residual blocks.
 
@@ -210,6 +233,40 @@ def resnet_cifar(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig
     x = layers.GlobalMaxPooling2D()(x)
     out = head(x, num_classes, float(cfg.dropout), float(cfg.get("logit_scale", 1.0)), use_bias=False)
     return keras.Model(inputs, out, name="resnet_cifar")
+
+
+def resnet_small(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """A compact ResNet (basic blocks, He et al. 2016) for photos: a stride-2 stem conv and max-pooling, then
+    stages of residual blocks, each stage after the first halving the resolution and widening the channels.
+
+    Cheap enough to train from scratch on a CPU (~110 img/s at 150x150 on 2 cores with widths 32-256, one block
+    a stage, against ~6 img/s for xception_small), deep enough for small photo data sets (Dogs vs Cats)."""
+    widths = [int(v) for v in cfg.widths]
+    blocks = [int(v) for v in cfg.blocks]
+    if len(widths) != len(blocks):
+        from .common import UserError
+
+        raise UserError(f"model.widths ({len(widths)} stages) and model.blocks ({len(blocks)} stages) must have the "
+                        "same length")
+
+    def block(x, width: int, strides: int):
+        y = conv_bn(x, width, 3, strides)
+        y = layers.Conv2D(width, 3, padding="same", use_bias=False)(y)
+        y = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_initializer="zeros")(y)  # starts as identity
+        if strides != 1 or x.shape[-1] != width:
+            x = layers.Conv2D(width, 1, strides=strides, use_bias=False)(x)
+            x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+        return layers.Activation("relu")(layers.add([x, y]))
+
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    x = conv_bn(x, int(cfg.stem_width), 3, strides=2)
+    x = layers.MaxPooling2D(2)(x)
+    for stage, (width, n) in enumerate(zip(widths, blocks)):
+        for j in range(n):
+            x = block(x, width, 2 if (j == 0 and stage > 0) else 1)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="resnet_small")
 
 
 def _weights_path(weights: Any) -> str | None:
@@ -248,7 +305,9 @@ def backbone_model(input_shape, num_classes: int, cfg: DictConfig, aug: DictConf
 BUILDERS = {
     "seed_cnn": seed_cnn,
     "xception_small": xception_small,
+    "xception_mini": xception_mini,
     "resnet_cifar": resnet_cifar,
+    "resnet_small": resnet_small,
     "efficientnet_b0": backbone_model,
     "resnet50": backbone_model,
 }

@@ -70,9 +70,13 @@ def test_shipped_experiments_are_valid(experiment: str):
     ("evaluate.clip=best", "evaluate.clip", "auto or a number in (0, 0.5)"),
     ("prepare.workers=-2", "prepare.workers", "an integer >= 0"),
     ("model.name=foo", "model.name", "one of seed_cnn"),
+    ("model=resnet_small model.widths=[32,0]", "model.widths", "a non-empty list of positive integers"),
+    ("model=resnet_small model.blocks=[]", "model.blocks", "a non-empty list of positive integers"),
+    ("model=xception_mini model.stem_strides=3", "model.stem_strides", "1 or 2"),
+    ("model=xception_mini model.stem_kernel=0", "model.stem_kernel", "an integer from 1 to 11"),
 ])
 def test_wrong_value_names_key_and_allowed_values(override: str, key: str, allowed: str):
-    msg = _error(override)
+    msg = _error(*override.split(" "))
     assert f"{key}=" in msg and allowed in msg, msg
 
 

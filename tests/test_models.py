@@ -35,6 +35,10 @@ CASES = [  # model, overrides, image size, classes
     ("seed_cnn", [], 48, 2),
     ("seed_cnn", [], 48, 10),
     ("xception_small", [], 48, 2),
+    ("xception_mini", [], 48, 2),
+    ("xception_mini", ["model.stem_strides=2", "model.widths=[16,32]"], 48, 10),
+    ("resnet_small", [], 48, 2),
+    ("resnet_small", ["model.widths=[8,16]", "model.blocks=[2,1]"], 32, 10),
     ("resnet_cifar", [], 32, 10),
     ("resnet_cifar", ["model.widths=[8,16,16,32]"], 64, 2),
     ("efficientnet_b0", [], 64, 2),
@@ -99,3 +103,9 @@ def test_missing_weights_file_is_a_user_error(tmp_path: Path, name: str):
     cfg = _cfg(name, f"model.weights={tmp_path}/nope.weights.h5")
     with pytest.raises(UserError, match="nope.weights.h5"):
         build_model(cfg.model, (64, 64, 3), 2, cfg.augment)
+
+
+def test_resnet_small_stage_lists_must_match():
+    cfg = _cfg("resnet_small", "model.widths=[8,16,32]", "model.blocks=[1,1]")
+    with pytest.raises(UserError, match="model.widths .3 stages. and model.blocks .2 stages."):
+        build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
