@@ -96,7 +96,7 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------- config
-MODELS = ("seed_cnn", "xception_small", "xception_mini", "resnet_cifar", "resnet_small", "efficientnet_b0", "resnet50")
+MODELS = ("seed_cnn", "xception_small", "xception_mini", "resnet_cifar", "resnet_small", "airbench", "efficientnet_b0", "resnet50")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -152,6 +152,7 @@ def validate_config(cfg: DictConfig) -> None:
         ("train.weight_decay", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
         ("train.label_smoothing", lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("train.warmup_epochs", lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+        ("train.ema_momentum", lambda v: v is None or (_is_num(v) and 0 < v < 1), "null or a number in (0, 1)"),
         ("train.optimizer", *_one_of(OPTIMIZERS)),
         ("train.schedule", *_one_of(SCHEDULES)),
         ("train.precision", *_one_of(PRECISIONS)),

@@ -88,6 +88,91 @@ class RandomFlipZoomShift(layers.Layer):
                 "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="kagglepipe")
+class PatchWhitening(layers.Layer):
+    """airbench's first layer: a frozen 2x2 convolution whose filters whiten 2x2 image patches.
+
+    Fitted once on training images (fit_to_data): the images are scaled to 0..1 and normalised per channel,
+    then the k = 2*2*channels eigenvectors of the patch covariance, each divided by sqrt(eigenvalue + eps), and
+    their negatives make 2k filters. Only the bias trains. Takes 0..255 images; 'valid' padding (32 -> 31)."""
+
+    def __init__(self, eps: float = 5e-4, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        k = 4 * c
+        self.mean = self.add_weight(shape=(c,), initializer="zeros", trainable=False, name="mean")
+        self.std = self.add_weight(shape=(c,), initializer="ones", trainable=False, name="std")
+        self.kernel = self.add_weight(shape=(2, 2, c, 2 * k), initializer="glorot_uniform", trainable=False,
+                                      name="kernel")
+        self.bias = self.add_weight(shape=(2 * k,), initializer="zeros", trainable=True, name="bias")
+
+    def fit_to_data(self, images) -> None:
+        """images: uint8 (N, H, W, C), a few thousand training images."""
+        import numpy as np
+
+        images = np.asarray(images)
+        n, h, w, c = images.shape
+        scaled = images.astype(np.float32) / 255.0
+        mean = scaled.mean(axis=(0, 1, 2), dtype=np.float64)
+        std = scaled.std(axis=(0, 1, 2), dtype=np.float64) + 1e-8
+        del scaled
+        cov = np.zeros((4 * c, 4 * c))
+        for s in range(0, n, 256):  # in chunks: all patches of 5,000 images at once would take ~0.5 GB
+            x = (images[s:s + 256].astype(np.float64) / 255.0 - mean) / std
+            patches = np.stack([x[:, i:h - 1 + i, j:w - 1 + j, :] for i in (0, 1) for j in (0, 1)], axis=3)
+            flat = patches.reshape(-1, 4 * c)  # (i, j) major, channel minor: kernel[i, j, c] below
+            cov += flat.T @ flat
+        cov /= n * (h - 1) * (w - 1)
+        eigenvalues, eigenvectors = np.linalg.eigh(cov)
+        filters = eigenvectors.T / np.sqrt(eigenvalues + self.eps)[:, None]    # (k, 4c): one filter a row
+        kernel = np.concatenate([filters, -filters]).reshape(2 * 4 * c, 2, 2, c).transpose(1, 2, 3, 0)
+        self.mean.assign(mean.astype("float32"))
+        self.std.assign(std.astype("float32"))
+        self.kernel.assign(kernel.astype("float32"))
+
+    def call(self, x):
+        x = (ops.cast(x, self.compute_dtype) / 255.0 - self.mean) / self.std  # weights are cast to compute_dtype
+        return ops.conv(x, self.kernel, strides=1, padding="valid") + self.bias
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h - 1, None if w is None else w - 1, 8 * int(c))
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}
+
+
+@keras.saving.register_keras_serializable(package="kagglepipe")
+class PartialDirac(keras.initializers.Initializer):
+    """Conv kernel initialiser (airbench): Keras' default (Glorot uniform), with the first min(in, out) filters
+    replaced by identities (a single 1 at the centre tap of their own input channel)."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        import numpy as np
+
+        kh, kw, cin, cout = shape
+        w = np.array(keras.initializers.GlorotUniform(seed=self.seed)(shape, dtype="float32"))
+        n = min(cin, cout)
+        w[:, :, :, :n] = 0.0
+        w[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+        return ops.convert_to_tensor(w, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def data_fitted_layers(model: keras.Model) -> list[layers.Layer]:
+    """The layers whose weights are computed from training images (PatchWhitening): fit_to_data(images) on a
+    new model before training, never on a resumed one."""
+    return [layer for layer in model._flatten_layers() if layer is not model and hasattr(layer, "fit_to_data")]
+
+
 def augmentation(aug: DictConfig | None, seed: int) -> list[layers.Layer]:
     """Random augmentation layers (identity at inference)."""
     if aug is None:
@@ -269,6 +354,30 @@ def resnet_small(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig
     return keras.Model(inputs, head(x, num_classes, float(cfg.dropout)), name="resnet_small")
 
 
+def airbench(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig | None, seed: int) -> keras.Model:
+    """The network of airbench94 (Keller Jordan's fastest CIFAR-10 recipe), in Keras: a frozen 2x2 patch-whitening
+    conv (fitted on training images), GELU, three conv groups (conv, max-pool, BN, GELU, conv, BN, GELU), a final
+    max-pool, and a bias-free linear head whose logits are scaled by 1/9. Batch norms learn no scale (bias only),
+    use momentum 0.4 (PyTorch's 0.6) and compute in float32; convs start partly as identities (PartialDirac)."""
+    widths = [int(v) for v in cfg.widths]
+    inputs, x = _inputs(input_shape, aug, seed)
+    x = PatchWhitening(name="whiten")(x)
+    x = layers.Activation("gelu")(x)
+
+    def bn(x):
+        return layers.BatchNormalization(momentum=float(cfg.bn_momentum), epsilon=1e-12, scale=False)(x)
+
+    for i, width in enumerate(widths):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac(seed + 10 * i))(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Activation("gelu")(bn(x))
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac(seed + 10 * i + 1))(x)
+        x = layers.Activation("gelu")(bn(x))
+    x = layers.GlobalMaxPooling2D()(x)  # airbench: MaxPool2d(3) on the final 3x3 map
+    out = head(x, num_classes, float(cfg.dropout), float(cfg.logit_scale), use_bias=False)
+    return keras.Model(inputs, out, name="airbench")
+
+
 def _weights_path(weights: Any) -> str | None:
     """None and 'imagenet' pass through; anything else is a local weights file (relative to the project root)."""
     if weights in (None, "imagenet"):
@@ -308,6 +417,7 @@ BUILDERS = {
     "xception_mini": xception_mini,
     "resnet_cifar": resnet_cifar,
     "resnet_small": resnet_small,
+    "airbench": airbench,
     "efficientnet_b0": backbone_model,
     "resnet50": backbone_model,
 }
@@ -322,4 +432,5 @@ def build_model(model_cfg: DictConfig, input_shape, num_classes: int, aug: DictC
     return model
 
 
-CUSTOM_OBJECTS = {"ImageNetPreprocess": ImageNetPreprocess, "RandomFlipZoomShift": RandomFlipZoomShift}
+CUSTOM_OBJECTS = {"ImageNetPreprocess": ImageNetPreprocess, "RandomFlipZoomShift": RandomFlipZoomShift,
+                  "PatchWhitening": PatchWhitening, "PartialDirac": PartialDirac}

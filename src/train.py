@@ -27,7 +27,8 @@ from .common import (Layout, UserError, _INTERRUPTS, atomic_path, check_interrup
 # Config keys that define a training run: a checkpoint made under other values is not resumed.
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
                "train.weight_decay", "train.momentum", "train.nesterov", "train.schedule", "train.warmup_epochs",
-               "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "augment", "seed"]
+               "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "train.ema_momentum", "augment",
+               "seed"]
 
 
 # ------------------------------------------------------------------ hardware and precision
@@ -163,6 +164,20 @@ def replicas_in_use(model) -> int:
     return 1
 
 
+def fit_layers_to_data(model, m, df, seed: int, n: int = 5000) -> None:
+    """Layers computed from the data (airbench's patch whitening) see a seeded sample of the training images."""
+    from .data import map_rows
+    from .models import data_fitted_layers
+
+    fitted = data_fitted_layers(model)
+    if not fitted:
+        return
+    rows = np.sort(np.random.default_rng(seed).permutation(df["index"].to_numpy())[:n])
+    images = map_rows(m.processed / "train.npy")[rows]
+    for layer in fitted:
+        layer.fit_to_data(images)
+
+
 # ------------------------------------------------------------------ optimisation
 def learning_rate(cfg: DictConfig, steps_per_epoch: int):
     import keras
@@ -185,13 +200,17 @@ def make_optimizer(cfg: DictConfig, steps_per_epoch: int):
     t = cfg.train
     lr = learning_rate(cfg, steps_per_epoch)
     wd = float(t.weight_decay) or None
+    # train.ema_momentum: keep an exponential moving average of the weights and copy it into the model at the end of
+    # every epoch (so checkpoints, validation and the saved model use it); null: plain weights
+    ema = {} if t.get("ema_momentum") is None else {
+        "use_ema": True, "ema_momentum": float(t.ema_momentum), "ema_overwrite_frequency": steps_per_epoch}
     if t.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
+        return keras.optimizers.Adam(lr, weight_decay=wd, **ema)
     if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=wd or 1e-4)
+        return keras.optimizers.AdamW(lr, weight_decay=wd or 1e-4, **ema)
     if t.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr, weight_decay=wd)
-    return keras.optimizers.SGD(lr, momentum=float(t.momentum), nesterov=bool(t.nesterov), weight_decay=wd)
+        return keras.optimizers.RMSprop(lr, weight_decay=wd, **ema)
+    return keras.optimizers.SGD(lr, momentum=float(t.momentum), nesterov=bool(t.nesterov), weight_decay=wd, **ema)
 
 
 def compile_model(model, cfg: DictConfig, num_classes: int, steps_per_epoch: int) -> None:
@@ -404,6 +423,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 restore_rng_state(model, state.rng)
             else:
                 model = build_model(cfg.model, m.image_shape, m.num_classes, cfg.augment, int(cfg.seed))
+                fit_layers_to_data(model, m, train_df, int(cfg.seed))
                 compile_model(model, cfg, m.num_classes, steps)
         if cfg.train.distribute == "data_parallel":
             print(f"train: data parallel over {replicas_in_use(model)} replicas")

@@ -109,3 +109,42 @@ def test_resnet_small_stage_lists_must_match():
     cfg = _cfg("resnet_small", "model.widths=[8,16,32]", "model.blocks=[1,1]")
     with pytest.raises(UserError, match="model.widths .3 stages. and model.blocks .2 stages."):
         build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
+
+
+def test_patch_whitening_whitens_patches_of_the_images_it_was_fitted_on(policy):
+    """airbench's first layer: after fit_to_data, the 2x2 patches of those images come out decorrelated with unit
+    variance (each whitened direction appears twice, with both signs); the kernel is frozen, the bias trains."""
+    from src.models import PatchWhitening
+
+    policy("float32")
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 9, 9, 3))
+    smooth = base[:, :8, :8] + base[:, 1:, 1:] + 0.5 * base[:, 1:, :8]  # correlated neighbours and channels
+    images = np.clip(128 + 30 * smooth, 0, 255).astype("uint8")
+    layer = PatchWhitening()
+    layer.build((None, 8, 8, 3))
+    layer.fit_to_data(images)
+    out = np.asarray(layer(images.astype("float32")))
+    assert out.shape == (64, 7, 7, 24)
+    z = out[..., :12].reshape(-1, 12)
+    np.testing.assert_allclose(out[..., 12:], -out[..., :12], atol=1e-5)
+    np.testing.assert_allclose(z.T @ z / len(z), np.eye(12), atol=0.05)  # eps=5e-4 shrinks it only slightly
+    assert [w.name for w in layer.trainable_weights] == ["bias"]
+
+
+def test_airbench_builds_from_data_and_round_trips(policy, tmp_path: Path):
+    from src.models import CUSTOM_OBJECTS, data_fitted_layers
+
+    policy("mixed_float16")
+    cfg = _cfg("airbench", "model.widths=[8,16,16]")
+    model = build_model(cfg.model, (32, 32, 3), 10, cfg.augment, seed=0)
+    (whiten,) = data_fitted_layers(model)
+    whiten.fit_to_data(_batch(32, 20))
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    k = np.asarray(conv.kernel)
+    assert k.shape == (3, 3, 24, 8) and (k[1, 1, np.arange(8), np.arange(8)] == 1).all()  # identities first
+    p = np.asarray(model.predict(_batch(32), verbose=0))
+    assert p.dtype == np.float32 and p.shape == (3, 10)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", custom_objects=CUSTOM_OBJECTS)
+    np.testing.assert_allclose(np.asarray(again.predict(_batch(32), verbose=0)), p, rtol=1e-3, atol=1e-4)
