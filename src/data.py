@@ -172,9 +172,52 @@ def _streamed_batches(npy: Path, indices: np.ndarray, labels: np.ndarray, batch_
     return gen, steps
 
 
+def _beta(shape, alpha: float, seed) -> tf.Tensor:
+    """Beta(alpha, alpha) samples, stateless: g1 / (g1 + g2) with g ~ Gamma(alpha)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    g1 = tf.random.stateless_gamma(shape, seeds[0], alpha=alpha)
+    g2 = tf.random.stateless_gamma(shape, seeds[1], alpha=alpha)
+    return g1 / (g1 + g2)
+
+
+def mix_batch(x: tf.Tensor, y: tf.Tensor, key: tf.Tensor, seed: int, mixup: float, cutmix: float):
+    """MixUp (each image blended with another of the batch, weight ~ Beta(mixup, mixup)) or CutMix (a box of
+    another image pasted in, area ~ Beta(cutmix, cutmix)); with both on, each batch takes one at random.
+    Labels are mixed in the same proportions. Stateless: the draws depend on (seed, key) only, key being the
+    batch's global step, so a resumed run mixes exactly as an uninterrupted one. Returns float32 images."""
+    s = tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), tf.cast(key, tf.int64)]), 5)
+    x = tf.cast(x, tf.float32)
+    n, h, w = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+    perm = tf.random.experimental.stateless_shuffle(tf.range(n), seed=s[0])
+    xp, yp = tf.gather(x, perm), tf.gather(y, perm)
+
+    def do_mixup():
+        lam = _beta([n], mixup, s[1])
+        lx = tf.reshape(lam, [-1, 1, 1, 1])
+        ly = tf.reshape(lam, [-1] + [1] * (len(y.shape) - 1))
+        return lx * x + (1 - lx) * xp, ly * y + (1 - ly) * yp
+
+    def do_cutmix():
+        lam = _beta([], cutmix, s[2])
+        cut = tf.sqrt(1.0 - lam)
+        ch, cw = tf.cast(cut * tf.cast(h, tf.float32), tf.int32), tf.cast(cut * tf.cast(w, tf.float32), tf.int32)
+        centre = tf.random.stateless_uniform([2], s[3])
+        cy, cx = tf.cast(centre[0] * tf.cast(h, tf.float32), tf.int32), tf.cast(centre[1] * tf.cast(w, tf.float32), tf.int32)
+        y0, y1 = tf.clip_by_value(cy - ch // 2, 0, h), tf.clip_by_value(cy + ch - ch // 2, 0, h)
+        x0, x1 = tf.clip_by_value(cx - cw // 2, 0, w), tf.clip_by_value(cx + cw - cw // 2, 0, w)
+        rows, cols = tf.range(h), tf.range(w)
+        box = ((rows >= y0) & (rows < y1))[:, None] & ((cols >= x0) & (cols < x1))[None, :]
+        kept = 1.0 - tf.cast((y1 - y0) * (x1 - x0), tf.float32) / tf.cast(h * w, tf.float32)
+        return tf.where(box[None, :, :, None], xp, x), kept * y + (1 - kept) * yp
+
+    if mixup > 0 and cutmix > 0:
+        return tf.cond(tf.random.stateless_uniform([], s[4]) < 0.5, do_mixup, do_cutmix)
+    return do_mixup() if mixup > 0 else do_cutmix()
+
+
 def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int = 10000,
                   df: pd.DataFrame | None = None, cache: bool = True, drop_remainder: bool = False,
-                  first_epoch: int | None = None) -> tf.data.Dataset:
+                  first_epoch: int | None = None, mixup: float = 0.0, cutmix: float = 0.0) -> tf.data.Dataset:
     """Cached, shuffled (seeded, reshuffled each epoch), batched, prefetched training pipeline.
 
     The cache is train.npy itself, decoded once by prepare and memory-mapped with all its pages at once (see
@@ -187,8 +230,11 @@ def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int 
     first_epoch=None: one epoch, in a new seeded order each time the dataset is iterated. first_epoch=k: an
     endless stream of epochs k, k+1, ... (take steps_per_epoch(...) batches per epoch; no batch straddles two),
     epoch e in an order that depends on (seed, e) only, so a run resumed at epoch k sees exactly the batches
-    an uninterrupted run would have.
+    an uninterrupted run would have. mixup/cutmix > 0 (Beta parameters; epoch streams only) mix each batch,
+    see mix_batch.
     """
+    if (mixup or cutmix) and first_epoch is None:
+        raise ValueError("mixup/cutmix need an epoch stream (first_epoch=...): their draws are keyed by the step")
     df = m.train if df is None else df
     bs = int(batch_size)
     y = encode_labels(df["label"].to_numpy(), m.num_classes)
@@ -200,7 +246,7 @@ def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int 
         ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
         if first_epoch is None:
             ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
-        return ds.prefetch(AUTOTUNE)
+        return _mixed(ds, steps, first_epoch, seed, mixup, cutmix).prefetch(AUTOTUNE)
     images = map_rows(m.processed / "train.npy")
     shape = (b, *m.image_shape)
 
@@ -223,7 +269,15 @@ def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int 
 
         ds = tf.data.Dataset.counter(int(first_epoch)).flat_map(epoch_order)
     ds = ds.map(batch, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return _mixed(ds, steps_per_epoch(n, bs, drop_remainder), first_epoch, seed, mixup, cutmix).prefetch(AUTOTUNE)
+
+
+def _mixed(ds: tf.data.Dataset, steps: int, first_epoch: int | None, seed: int, mixup: float, cutmix: float):
+    if not (mixup or cutmix):
+        return ds
+    start = int(first_epoch) * steps  # the global step of the stream's first batch: epoch e, step s -> e * steps + s
+    return ds.enumerate(start).map(lambda k, xy: mix_batch(xy[0], xy[1], k, seed, float(mixup), float(cutmix)),
+                                   num_parallel_calls=AUTOTUNE)
 
 
 def eval_dataset(m: Manifests, df: pd.DataFrame, batch_size: int, split: str = "train", labelled: bool = True,

@@ -2,7 +2,8 @@
 
     python -m src.evaluate dataset=demo
 
-Chooses the submission clip on validation (evaluate.clip=auto) or uses the configured one, then writes
+Calibrates on validation (evaluate.temperature=auto: the logits' temperature that minimises log loss; 1 = off),
+chooses the submission clip on validation (evaluate.clip=auto) or uses the configured ones, then writes
 metrics/<dataset>/<name>.json (val_log_loss by Kaggle's formula on the clipped probabilities, accuracy, ...),
 and plots/<dataset>/<name>/: val_predictions.csv, roc.png + calibration.png (two classes) or
 confusion_matrix.png + confusion_matrix.json (more), all logged to the training run in MLflow.
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 
 from . import tracking
 from .common import Layout, UserError, atomic_path, file_sha256, read_json, write_json
-from .submission import choose_clip, clip_probabilities, kaggle_log_loss
+from .submission import apply_temperature, choose_clip, choose_temperature, clip_probabilities, kaggle_log_loss
 
 
 def load_trained(cfg: DictConfig):
@@ -35,12 +36,24 @@ def load_trained(cfg: DictConfig):
     return keras.saving.load_model(lay.model, custom_objects=CUSTOM_OBJECTS), info
 
 
-def is_evaluated(lay: Layout, info: dict[str, Any]) -> bool:
-    """True when metrics/<dataset>/<name>.json was computed for this very model (same run id and model file)."""
+def evaluate_settings(cfg: DictConfig) -> str:
+    """The settings that decide the submitted probabilities, as one string (recorded with the metrics, compared
+    by predict)."""
+    clip, temperature = cfg.evaluate.clip, cfg.evaluate.get("temperature", 1.0)
+    clip = clip if clip == "auto" else float(clip)
+    temperature = temperature if temperature == "auto" else float(temperature)
+    return f"clip={clip} temperature={temperature} tta={bool(cfg.train.tta)}"
+
+
+def is_evaluated(lay: Layout, info: dict[str, Any], cfg: DictConfig | None = None) -> bool:
+    """True when metrics/<dataset>/<name>.json was computed for this very model (same run id and model file)
+    and, given cfg, with the same clip/temperature/TTA settings."""
     if not lay.metrics.is_file():
         return False
     done = read_json(lay.metrics)
-    return done.get("run_id") == info.get("run_id") and done.get("model_sha256") == file_sha256(lay.model)
+    same_settings = cfg is None or done.get("settings") == evaluate_settings(cfg)
+    return (done.get("run_id") == info.get("run_id") and done.get("model_sha256") == file_sha256(lay.model)
+            and same_settings)
 
 
 def predict_proba(model, make_ds, tta: bool) -> np.ndarray:
@@ -49,6 +62,13 @@ def predict_proba(model, make_ds, tta: bool) -> np.ndarray:
     if tta:
         p = (p + np.asarray(model.predict(make_ds(True), verbose=0), dtype=np.float64)) / 2
     return p.reshape(len(p)) if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+def submission_temperature(cfg: DictConfig, y: np.ndarray, p: np.ndarray) -> float:
+    t = cfg.evaluate.get("temperature", 1.0)
+    if t == "auto":
+        return choose_temperature(y, p)
+    return float(t)
 
 
 def submission_clip(cfg: DictConfig, y: np.ndarray, p: np.ndarray) -> float:
@@ -124,14 +144,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     tta = bool(cfg.train.tta)
     p = predict_proba(model, lambda flip: val_dataset(m, bs, flip=flip), tta)
     y = m.val["label"].to_numpy()
-    clip = submission_clip(cfg, y, p)
-    submitted = clip_probabilities(p, clip)  # exactly what predict writes for these images
+    temperature = submission_temperature(cfg, y, p)
+    calibrated = apply_temperature(p, temperature)
+    clip = submission_clip(cfg, y, calibrated)
+    submitted = clip_probabilities(calibrated, clip)  # exactly what predict writes for these images
     pred = submitted.argmax(axis=1) if submitted.ndim == 2 else (submitted >= 0.5).astype(int)
     metrics: dict[str, Any] = {
         "val_log_loss": kaggle_log_loss(y, submitted),
-        "val_log_loss_unclipped": kaggle_log_loss(y, p),
+        "val_log_loss_unclipped": kaggle_log_loss(y, calibrated),
+        "val_log_loss_model": kaggle_log_loss(y, p),  # the model's own probabilities: no temperature, no clip
         "val_accuracy": float((pred == y).mean()),
         "clip": clip,
+        "temperature": temperature,
+        "settings": evaluate_settings(cfg),
         "tta": tta,
         "n_val": int(len(y)),
         "metric": str(cfg.dataset.metric),
@@ -148,7 +173,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         pd.DataFrame(cols).to_csv(tmp, index=False)
     metrics.update(_plots(y, submitted, m.classes, lay.plots))
     write_json(lay.metrics, metrics)
-    print(f"evaluate: val_log_loss={metrics['val_log_loss']:.4f} (clip {clip:g}) val_accuracy={metrics['val_accuracy']:.4f} "
+    print(f"evaluate: val_log_loss={metrics['val_log_loss']:.4f} (temperature {temperature:g}, clip {clip:g}) val_accuracy={metrics['val_accuracy']:.4f} "
           f"on {len(y)} validation images -> {lay.metrics}")
     if info.get("run_id") and tracking.enabled(cfg):
         with tracking.run(cfg, lay.name, run_id=info["run_id"]) as mlflow:

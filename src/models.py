@@ -278,7 +278,7 @@ def xception_mini(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfi
         width = int(width)
         residual = x
         for _ in range(2):
-            x = layers.BatchNormalization()(x)
+            x = layers.BatchNormalization(momentum=float(cfg.get("bn_momentum", 0.99)))(x)
             x = layers.Activation("relu")(x)
             x = layers.SeparableConv2D(width, 3, padding="same", use_bias=False)(x)
         x = layers.MaxPooling2D(3, strides=2, padding="same")(x)

@@ -3,7 +3,7 @@
     python -m src.predict dataset=demo
 
 Test images stream from the memory-mapped array in batches (bounded memory for CIFAR-10's 300,000).
-Probabilities are clipped with the clip evaluate chose (metrics/<dataset>/<name>.json), each prediction
+Probabilities get the temperature and the clip evaluate chose (metrics/<dataset>/<name>.json), each prediction
 is mapped to its id explicitly, rows are in numeric id order, and the CSV is checked against the
 sample submission before it is written (atomically). The CSV is attached to the training run in MLflow,
 and submissions/<dataset>-<name>.json records which run and model produced it.
@@ -29,15 +29,18 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     lay = Layout(cfg)
     m = load_manifests(ensure_prepared(cfg))
     model, info = load_trained(cfg)
-    if not is_evaluated(lay, info):  # none yet, or made for another model (e.g. retrained under this name)
-        print("predict: no evaluation for this model yet; running evaluate first (it chooses the clip)")
+    if not is_evaluated(lay, info, cfg):  # none yet, or for another model or other clip/temperature/TTA settings
+        print("predict: no evaluation for this model and these settings yet; running evaluate first "
+              "(it chooses the temperature and the clip)")
         evaluate(cfg)
     metrics = read_json(lay.metrics)
     clip = float(metrics["clip"])
+    temperature = float(metrics.get("temperature", 1.0))
     bs = max(int(cfg.train.batch_size), 256)
     t0 = time.perf_counter()
     p = predict_proba(model, lambda flip: test_dataset(m, bs, flip=flip), bool(cfg.train.tta))
     seconds = time.perf_counter() - t0
+    p = submission.apply_temperature(p, temperature)
     ok = m.test["ok"].to_numpy(dtype=bool)
     if (~ok).any():  # unreadable test images keep their row, predicted with the training prior
         labels = np.concatenate([m.train["label"].to_numpy(), m.val["label"].to_numpy()])
@@ -52,7 +55,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     submission.write(df, lay.submission)
     record = {"csv": str(lay.submission), "dataset": cfg.dataset.name, "name": lay.name, "run_id": info.get("run_id"),
               "tracking_uri": info.get("tracking_uri"), "sha256": file_sha256(lay.submission),
-              "model": str(lay.model), "clip": clip, "rows": int(len(df)), "tta": bool(cfg.train.tta),
+              "model": str(lay.model), "clip": clip, "temperature": temperature, "rows": int(len(df)), "tta": bool(cfg.train.tta),
               "val_log_loss": metrics.get("val_log_loss"), "val_accuracy": metrics.get("val_accuracy"),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "images_per_second": round(len(df) * (2 if cfg.train.tta else 1) / seconds, 1)}

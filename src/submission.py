@@ -108,6 +108,30 @@ def kaggle_log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = 1e-15) -> fl
     return float(-np.mean(np.log(p[np.arange(len(p)), y_true.astype(np.int64)])))
 
 
+def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
+    """Divide the model's logits by `temperature` (> 1 softens over-confident probabilities, < 1 sharpens):
+    sigmoid(logit(p) / T) for P(class 1), softmax(log p / T) for rows of class probabilities."""
+    p = np.asarray(p, dtype=np.float64)
+    if temperature == 1.0:
+        return p
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    if q.ndim == 1:
+        return 1.0 / (1.0 + np.exp(-(np.log(q) - np.log1p(-q)) / temperature))
+    z = np.log(q) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def choose_temperature(y_true: np.ndarray, p: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
+    """The temperature in [low, high] that minimises validation log loss (temperature scaling, Guo et al. 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda t: kaggle_log_loss(y_true, apply_temperature(p, math.exp(t))),
+                          bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-4})
+    best = round(math.exp(float(res.x)), 4)
+    return best if kaggle_log_loss(y_true, apply_temperature(p, best)) < kaggle_log_loss(y_true, p) else 1.0
+
+
 def choose_clip(y_true: np.ndarray, p: np.ndarray, candidates: Sequence[float]) -> float:
     """The clip among candidates that minimises validation log loss (ties go to the smallest)."""
     best, best_loss = None, math.inf

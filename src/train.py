@@ -430,7 +430,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # Epoch e's batches depend on (seed, e) only and the generators' states come back with the checkpoint,
         # so a resumed run trains on what an uninterrupted one would have.
         train_ds = train_dataset(m, bs, int(cfg.seed), int(cfg.train.shuffle_buffer), df=train_df,
-                                 first_epoch=state.epoch)
+                                 first_epoch=state.epoch, mixup=float(cfg.augment.get("mixup") or 0),
+                                 cutmix=float(cfg.augment.get("cutmix") or 0))
         val_ds = val_dataset(m, max(bs, 64))
         cb = EpochEnd(state, int(cfg.train.early_stopping_patience), mlflow)
         stopped_early = False

@@ -151,3 +151,77 @@ def test_flip_mirrors_images_horizontally(binary):
     t = np.concatenate([b.numpy() for b in make_test_dataset(m, batch_size=4, flip=True)])
     np.testing.assert_array_equal(t, tarr[m.test["index"].to_numpy()][:, :, ::-1, :])
     assert not np.array_equal(t, tarr[m.test["index"].to_numpy()])
+
+
+def _constant_batch(n: int = 8, size: int = 6):
+    """Image i is filled with the value 10 * (i + 1); labels alternate 0/1 (binary)."""
+    x = np.repeat(np.arange(1, n + 1, dtype=np.float32)[:, None, None, None] * 10, size * size * 3).reshape(n, size, size, 3)
+    y = (np.arange(n) % 2).astype(np.float32)[:, None]
+    return tf.constant(x.astype(np.uint8)), tf.constant(y)
+
+
+def test_mixup_blends_images_and_labels_in_the_same_proportion():
+    from src.data import mix_batch
+
+    x, y = _constant_batch()
+    mx, my = (t.numpy() for t in mix_batch(x, y, tf.constant(3, tf.int64), seed=1, mixup=0.4, cutmix=0.0))
+    assert mx.dtype == np.float32 and mx.shape == x.shape and my.shape == y.shape
+    values = x.numpy()[:, 0, 0, 0].astype(np.float64)
+    for img, lab in zip(mx, my[:, 0]):
+        v = float(img[0, 0, 0])
+        assert np.allclose(img, v)  # a blend of two constant images is constant
+        # v = lam * a + (1 - lam) * b and lab = lam * ya + (1 - lam) * yb for some pair (a, b) of the batch
+        ok = False
+        for a in range(8):
+            for b in range(8):
+                if values[a] != values[b]:
+                    lam = (v - values[b]) / (values[a] - values[b])
+                    ok |= -1e-4 <= lam <= 1 + 1e-4 and abs(lab - (lam * (a % 2) + (1 - lam) * (b % 2))) < 1e-4
+                elif abs(v - values[a]) < 1e-3:
+                    ok |= abs(lab - (a % 2)) < 1e-4
+        assert ok, (v, lab)
+    again = mix_batch(x, y, tf.constant(3, tf.int64), seed=1, mixup=0.4, cutmix=0.0)[0].numpy()
+    other = mix_batch(x, y, tf.constant(4, tf.int64), seed=1, mixup=0.4, cutmix=0.0)[0].numpy()
+    np.testing.assert_array_equal(mx, again)  # stateless: the same (seed, step) mixes the same way
+    assert not np.array_equal(mx, other)
+
+
+def test_cutmix_pastes_a_box_and_shares_the_label_by_area():
+    from src.data import mix_batch
+
+    x, y = _constant_batch(size=10)
+    values = x.numpy()[:, 0, 0, 0]
+    seen_box = False
+    for key in range(6):
+        mx, my = (t.numpy() for t in mix_batch(x, y, tf.constant(key, tf.int64), seed=2, mixup=0.0, cutmix=1.0))
+        for i, (img, lab) in enumerate(zip(mx, my[:, 0])):
+            own = img[..., 0] == values[i]
+            others = set(np.unique(img[..., 0][~own]).tolist())
+            assert len(others) <= 1  # one donor image
+            if others:
+                seen_box = True
+                donor = int(np.flatnonzero(values == others.pop())[0])
+                kept = own.mean()
+                np.testing.assert_allclose(lab, kept * (i % 2) + (1 - kept) * (donor % 2), atol=1e-5)
+                rows, cols = np.nonzero(~own)  # the pasted pixels form one rectangle
+                assert (~own)[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+            else:
+                assert lab == i % 2 or np.isclose(lab, i % 2)
+    assert seen_box
+
+
+def test_mixed_epoch_stream_resumes_identically(binary):
+    m = binary
+    steps = steps_per_epoch(len(m.train), 4)
+    kw = dict(batch_size=4, seed=3, mixup=0.3, cutmix=1.0)
+    it = iter(train_dataset(m, first_epoch=0, **kw))
+    epoch0 = [next(it) for _ in range(steps)]
+    epoch1 = [next(it) for _ in range(steps)]
+    resumed = iter(train_dataset(m, first_epoch=1, **kw))
+    for (x, y), (rx, ry) in zip(epoch1, [next(resumed) for _ in range(steps)]):
+        np.testing.assert_array_equal(x.numpy(), rx.numpy())
+        np.testing.assert_array_equal(y.numpy(), ry.numpy())
+    assert x.dtype == tf.float32
+    assert any(not np.isin(b[1].numpy(), [0.0, 1.0]).all() for b in epoch0 + epoch1)  # labels were mixed
+    with pytest.raises(ValueError, match="epoch stream"):
+        train_dataset(m, batch_size=4, seed=3, mixup=0.3)

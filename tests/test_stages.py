@@ -113,8 +113,57 @@ def test_fixed_clip_is_used_for_metrics_and_submission(trained: Path):
     vp = pd.read_csv(trained / "plots" / "demo" / "seed_cnn" / "val_predictions.csv")
     assert vp["probability"].between(0.49, 0.51).all()
     assert m["val_log_loss"] == pytest.approx(sklearn_metrics.log_loss(vp["label"], vp["probability"], labels=[0, 1]))
-    predict(_cfg(trained))  # predict uses evaluate's recorded clip
+    before = (trained / "metrics" / "demo" / "seed_cnn.json").stat().st_mtime_ns
+    predict(_cfg(trained, "evaluate.clip=0.49"))  # the same settings: predict uses evaluate's recorded clip
+    assert (trained / "metrics" / "demo" / "seed_cnn.json").stat().st_mtime_ns == before
     assert pd.read_csv(trained / "submissions" / "demo-seed_cnn.csv")["label"].between(0.49, 0.51).all()
+    record = predict(_cfg(trained))  # other settings (clip=auto): predict evaluates again first
+    assert record["clip"] == read_json(trained / "metrics" / "demo" / "seed_cnn.json")["clip"] != 0.49
+
+
+def test_temperature_is_chosen_on_validation_and_used_for_the_submission(trained: Path):
+    from src.evaluate import evaluate
+    from src.predict import predict
+    from src.submission import apply_temperature
+
+    m = evaluate(_cfg(trained, "evaluate.temperature=auto", "evaluate.clip=0.001"))
+    t = m["temperature"]
+    val, raw_p = _model_probs(trained, "val")
+    y = val["label"].to_numpy()
+
+    def loss(temp):
+        q = np.clip(raw_p, 1e-15, 1 - 1e-15)
+        calibrated = 1 / (1 + np.exp(-np.log(q / (1 - q)) / temp))  # computed here independently
+        return sklearn_metrics.log_loss(y, np.clip(calibrated, 0.001, 0.999), labels=[0, 1])
+
+    assert m["val_log_loss"] == pytest.approx(loss(t), rel=1e-5)  # the reported loss is on what is submitted
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 400))
+    assert loss(t) <= min(loss(g) for g in grid) + 1e-4               # and t is the best temperature
+    assert m["val_log_loss"] <= m["val_log_loss_model"] + 1e-9 or t == 1.0
+    record = predict(_cfg(trained, "evaluate.temperature=auto", "evaluate.clip=0.001"))
+    assert record["temperature"] == t
+    sub = pd.read_csv(trained / "submissions" / "demo-seed_cnn.csv")
+    test, raw_test = _model_probs(trained, "test")
+    np.testing.assert_allclose(sub["label"].to_numpy(), np.clip(apply_temperature(raw_test, t), 0.001, 0.999), atol=1e-6)
+
+
+def test_temperature_helpers():
+    from src.submission import apply_temperature, choose_temperature
+
+    p = np.array([0.9, 0.2, 0.6])
+    np.testing.assert_allclose(apply_temperature(p, 1.0), p)
+    np.testing.assert_allclose(apply_temperature(p, 2.0), 1 / (1 + np.exp(-np.log(p / (1 - p)) / 2)))
+    rows = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    soft = apply_temperature(rows, 3.0)
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0)
+    np.testing.assert_allclose(soft, np.exp(np.log(rows) / 3) / np.exp(np.log(rows) / 3).sum(axis=1, keepdims=True))
+    rng = np.random.default_rng(0)  # an over-confident model: the right temperature is > 1
+    y = rng.integers(0, 2, 2000)
+    logit = np.where(y == 1, 1.0, -1.0) + rng.normal(0, 1.5, 2000)
+    overconfident = 1 / (1 + np.exp(-3 * logit))
+    t = choose_temperature(y, overconfident)
+    assert 2.0 < t < 4.5
+    assert kaggle_log_loss(y, apply_temperature(overconfident, t)) < kaggle_log_loss(y, overconfident) - 0.1
 
 
 def test_mismatching_sample_submission_is_refused(trained: Path, tmp_path: Path):
