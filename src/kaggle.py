@@ -707,7 +707,8 @@ def main() -> None:
     if action not in ACTIONS:
         print(f"error: unknown action {action!r}; {USAGE}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [sys.argv[0], *args[1:]]
+    # --dry-run is the Kaggle-CLI-style spelling of submit.dry_run=true
+    sys.argv = [sys.argv[0], *("submit.dry_run=true" if a == "--dry-run" else a for a in args[1:])]
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     @cli

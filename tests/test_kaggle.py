@@ -457,3 +457,10 @@ def test_cli_exit_code_2_one_line_no_traceback(tmp_path, creds_dir):
     assert r.returncode == 2 and "has no Kaggle competition" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("src.kaggle", "upload", *args, env=env, timeout=120)
     assert r.returncode == 2 and "unknown action 'upload'" in r.stderr
+
+    _raw_with_sample(tmp_path)  # --dry-run: the CLI spelling of submit.dry_run=true; nothing is sent
+    _csv(tmp_path / "submissions", "dogs_vs_cats-seed_cnn.csv", [1, 2, 3, 4], [0.3] * 4)
+    r = run_cli("src.kaggle", "submit", "--dry-run", "dataset=dogs_vs_cats", *args,
+                env={**env, "KAGGLEPIPE_FAKE_ERROR": ""}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "would submit" in r.stdout and "nothing was sent" in r.stdout and KEY not in r.stdout + r.stderr
