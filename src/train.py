@@ -8,6 +8,7 @@ checkpoint/ (last epoch with optimizer state, for resuming a killed run; removed
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -375,12 +376,37 @@ def _subset(df, n: int, seed: int):
     return df.groupby("label", group_keys=False).sample(frac=frac, random_state=seed).sort_index()
 
 
+@contextlib.contextmanager
+def exclusive(directory: Path, name: str):
+    """Hold an exclusive lock on a run's model folder while training into it: a second run with the same
+    dataset and name would otherwise share (and wipe) its checkpoint. The operating system drops the lock when
+    the process ends, however it ends (a killed run can be resumed at once)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another training run is writing to {directory} (name={name}); wait for it to "
+                            "finish, stop it, or give this run another name=...") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train the configured model; return {"run_id", "model", "best_epoch", "best_val_log_loss", "epochs_run"}."""
+    lay = Layout(cfg)
+    with exclusive(lay.model_dir, lay.name):
+        return _train(cfg, lay)
+
+
+def _train(cfg: DictConfig, lay: Layout) -> dict[str, Any]:
     from .data import load_manifests, train_dataset, val_dataset
     from .prepare import ensure_prepared
 
-    lay = Layout(cfg)
     processed = ensure_prepared(cfg)
     m = load_manifests(processed)
     if m.val.empty:

@@ -777,3 +777,24 @@ def test_submission_writer_round_trips_or_refuses(case):
             expected = [classes[i] for i in probs.argmax(axis=1)[order]]
             assert back["label"].tolist() == expected
         validate(back, kind, classes, clip=clip)                          # the file on disk passes the same checks
+
+
+def test_a_second_run_with_the_same_name_is_refused_while_the_first_trains(tmp_path: Path):
+    """Two runs with one dataset and name would share a checkpoint folder (and the first to finish would delete
+    the other's): while one trains, the folder is locked and a second gets one line, before any work."""
+    import fcntl
+
+    from src.train import train
+
+    cfg = _tiny_cfg(tmp_path, "tracking.enabled=false")
+    model_dir = tmp_path / "models" / "demo" / "seed_cnn"
+    model_dir.mkdir(parents=True)
+    fd = os.open(model_dir, os.O_RDONLY)  # what a running `python -m src.train` holds
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(UserError, match=r"another training run is writing to .*seed_cnn \(name=seed_cnn\)"):
+            train(cfg)
+        assert not (tmp_path / "processed").exists()  # refused before any work
+    finally:
+        os.close(fd)
+    assert train(cfg)["epochs_run"] == 1  # released: the same command runs
