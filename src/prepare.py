@@ -10,7 +10,8 @@ Writes into data/processed/<dataset>/:
   classes.json          class names in label order, reused by every later stage
   report.json           counts, every skipped or converted file and why
   preview.png           a contact sheet of resized training images (prepare.preview)
-  state.json            fingerprint of inputs + config: a rerun with the same fingerprint does nothing
+  state.json            fingerprint of inputs (names, sizes, mtimes) + config: a rerun with the same fingerprint does
+                        nothing. Machine-specific, so .dvcignore keeps it out of DVC's hash of this folder
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import pandas as pd
 from omegaconf import DictConfig
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .common import UserError, atomic_path, config_hash, project_path, read_json, write_json, write_text
+from .common import PROJECT_ROOT, UserError, atomic_path, config_hash, project_path, read_json, write_json, write_text
 
 PREPARE_VERSION = 4  # bump when the output format or resizing changes: forces a rerun
 SPLIT_KEYS = ["dataset.name", "dataset.layout", "dataset.labels_csv", "dataset.image_ext", "dataset.classes",
@@ -424,6 +425,14 @@ def write_preview(npy: Path, rows: np.ndarray, path: Path) -> None:
 
 
 # ------------------------------------------------------------------ fingerprint
+def _shown_path(p: Path) -> str:
+    """A path as recorded in outputs: relative to the project root when inside it, so a clone elsewhere agrees."""
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
 def fingerprint(cfg: DictConfig, raw: Path) -> str:
     h = hashlib.sha256()
     h.update(f"v{PREPARE_VERSION}:{config_hash(cfg, SPLIT_KEYS)}".encode())
@@ -498,7 +507,7 @@ def prepare(cfg: DictConfig) -> Path:
     write_json(out / "classes.json", list(cfg.dataset.classes))
     counts = train.groupby(["fold", "class"]).size().unstack(fill_value=0)
     report = {
-        "raw_dir": str(raw),
+        "raw_dir": _shown_path(raw),
         "image_size": size,
         "resize": mode,
         "train_images": int((train["fold"] == "train").sum()),
@@ -509,8 +518,8 @@ def prepare(cfg: DictConfig) -> Path:
         "skipped_count": len(s.skipped),
         "skipped": s.skipped,
         "warnings": s.warnings,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    }   # no timings, no absolute project paths: the same raw data gives byte-identical outputs, so DVC's hash of
+    # this folder changes only when its content does (a re-prepare of unchanged data does not rerun training)
     write_json(out / "report.json", report)
     if cfg.prepare.write_images:
         _write_image_files(out, train, test)

@@ -1,7 +1,8 @@
 """The DVC pipeline (dvc.yaml), run with the real `dvc` in a temporary git repository holding the project's files.
 
 One repository serves the whole module and the tests run in order: a first `dvc repro` runs every stage, a second
-runs none, a local remote restores everything after `dvc push` and a wiped cache, `dvc exp run -S train.epochs=2`
+runs none, a forced prepare of unchanged data leaves everything after it up to date (byte-identical outputs), a
+local remote restores everything after `dvc push` and a wiped cache, `dvc exp run -S train.epochs=2`
 reruns train/evaluate/predict (not prepare) and the code trains 2 epochs, a split change reruns prepare and
 everything after, then `dvc metrics show` and `dvc plots show`.
 The temporary repository's conf/pipeline.yaml is shrunk to the TINY demo (48x48, a few dozen images, 1 epoch)
@@ -113,6 +114,15 @@ def test_second_repro_runs_nothing(repo: Path):
     p = dvc(repo, "repro")
     assert ran(p) == [], p.stdout
     assert "up to date" in p.stdout
+
+
+def test_forced_prepare_of_unchanged_data_reruns_nothing_after_it(repo: Path):
+    """prepare's outputs depend on the data and config alone (state.json, its mtime fingerprint, is dvcignored):
+    redoing it on the same raw files leaves DVC's hash of the processed folder, and so training, untouched."""
+    assert ran(dvc(repo, "repro", "--force", "--single-item", "prepare")) == ["prepare"]
+    status = dvc(repo, "status").stdout
+    assert status.strip().endswith("Data and pipelines are up to date."), status
+    assert ran(dvc(repo, "repro")) == []
 
 
 def test_local_remote_push_pull(repo: Path):

@@ -3,6 +3,7 @@ resize modes, Kaggle archives, image conversions and skipped files. No TensorFlo
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import compose, path_overrides
+from conftest import ROOT, compose, path_overrides
 from imagegen import dogs_vs_cats
 from src.common import UserError
 from src.prepare import _unit_hash, assign_folds, load_image, prepare
@@ -177,6 +178,23 @@ def test_changed_raw_file_redoes_the_work(base: Path, capsys):
     green = np.load(out / "test.npy")[2]
     assert green[..., 1].min() > 200 and green[..., 0].max() < 50
 
+
+
+def test_redoing_unchanged_data_gives_byte_identical_outputs(base: Path, capsys):
+    """Only state.json (the mtime fingerprint, kept out of DVC's hash by .dvcignore) may differ after a re-prepare of
+    the same files, e.g. after `dvc pull` or a clone: otherwise DVC would rerun training for nothing."""
+    out = prepare(cfg_for(base, "prepare.workers=2"))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for f in raw_of(base).rglob("*"):
+        if f.is_file():
+            os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    prepare(cfg_for(base, "prepare.workers=2"))
+    assert "up to date" not in capsys.readouterr().out   # it really redid the work
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert before.keys() == after.keys() and "preview.png" in after
+    assert [n for n in after if after[n] != before[n]] == ["state.json"]
+    assert "/data/processed/*/state.json" in (ROOT / ".dvcignore").read_text().split("\n")
 
 # ------------------------------------------------------------------ resizing
 @pytest.fixture
