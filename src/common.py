@@ -198,6 +198,10 @@ def validate_config(cfg: DictConfig) -> None:
     for key, ok, allowed in model_keys:
         if OmegaConf.select(cfg, key, default=None) is not None:
             _check(cfg, key, ok, allowed)
+    widths, blocks = OmegaConf.select(cfg, "model.widths"), OmegaConf.select(cfg, "model.blocks")
+    if widths is not None and blocks is not None and len(widths) != len(blocks):  # one block count per stage
+        raise UserError(f"config error: model.widths ({len(widths)} stages) and model.blocks ({len(blocks)} stages) "
+                        "must have the same length")
     if str(_get(cfg, "dataset.layout")) == "labels_csv" and not _get(cfg, "dataset.labels_csv"):
         raise UserError("config error: dataset.labels_csv must name the labels CSV when dataset.layout=labels_csv")
 

@@ -327,12 +327,7 @@ def resnet_small(input_shape, num_classes: int, cfg: DictConfig, aug: DictConfig
     Cheap enough to train from scratch on a CPU (~110 img/s at 150x150 on 2 cores with widths 32-256, one block
     a stage, against ~6 img/s for xception_small), deep enough for small photo data sets (Dogs vs Cats)."""
     widths = [int(v) for v in cfg.widths]
-    blocks = [int(v) for v in cfg.blocks]
-    if len(widths) != len(blocks):
-        from .common import UserError
-
-        raise UserError(f"model.widths ({len(widths)} stages) and model.blocks ({len(blocks)} stages) must have the "
-                        "same length")
+    blocks = [int(v) for v in cfg.blocks]  # as many as widths: validate_config checks it before any work
 
     def block(x, width: int, strides: int):
         y = conv_bn(x, width, 3, strides)

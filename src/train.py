@@ -404,7 +404,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, lay: Layout) -> dict[str, Any]:
-    from .data import load_manifests, train_dataset, val_dataset
+    from .data import load_manifests, steps_per_epoch, train_dataset, val_dataset
     from .prepare import ensure_prepared
 
     processed = ensure_prepared(cfg)
@@ -416,7 +416,7 @@ def _train(cfg: DictConfig, lay: Layout) -> dict[str, Any]:
         train_df = pd.concat([train_df, m.val], ignore_index=True)
     runtime = setup_runtime(cfg)
     bs = int(cfg.train.batch_size)
-    steps = max(1, math.ceil(len(train_df) / bs))
+    steps = max(1, steps_per_epoch(len(train_df), bs))  # what the epoch stream yields per epoch
 
     state = TrainingState(lay.checkpoint_dir, config_hash(cfg, RESUME_KEYS))
     resumed = bool(cfg.train.resume) and state.load()

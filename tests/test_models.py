@@ -106,9 +106,11 @@ def test_missing_weights_file_is_a_user_error(tmp_path: Path, name: str):
 
 
 def test_resnet_small_stage_lists_must_match():
+    from src.common import validate_config
+
     cfg = _cfg("resnet_small", "model.widths=[8,16,32]", "model.blocks=[1,1]")
     with pytest.raises(UserError, match="model.widths .3 stages. and model.blocks .2 stages."):
-        build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
+        validate_config(cfg)  # with the other config checks, before any work
 
 
 def test_patch_whitening_whitens_patches_of_the_images_it_was_fitted_on(policy):
