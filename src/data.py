@@ -4,7 +4,7 @@ Images were decoded and resized once, in parallel, by prepare (train.npy/test.np
 images stream from those files in chunks (bounded memory whatever the dataset size), deterministic and in
 manifest order. The training pipeline maps train.npy into memory (the page cache is the cache), then each
 epoch shuffles the row numbers (seeded) and gathers whole batches from it, and prefetches; random
-augmentation runs inside the model (Keras preprocessing layers, see models.py), on the accelerator.
+augmentation runs inside the model (Keras preprocessing layers, see src/models/layers.py), on the accelerator.
 
 Batches are (uint8 images [B, H, W, 3], float32 labels): [B, 1] for two classes (P(class 1)),
 one-hot [B, K] for more.
@@ -13,51 +13,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from .common import UserError, file_sha256, read_json
+from .errors import UserError
+from .manifests import Manifests
 
 AUTOTUNE = tf.data.AUTOTUNE
-CHUNK = 512  # images read from the memory map per generator step
-
-
-@dataclass
-class Manifests:
-    processed: Path
-    train: pd.DataFrame  # fold == "train"
-    val: pd.DataFrame    # fold == "val"
-    test: pd.DataFrame
-    classes: list[str]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        arr = np.load(self.processed / "train.npy", mmap_mode="r")
-        return tuple(int(v) for v in arr.shape[1:])  # type: ignore[return-value]
-
-    def fingerprint(self) -> str:
-        """A hash of the manifests and the class list: which data a run saw."""
-        return file_sha256(self.processed / "train.csv")[:16] + file_sha256(self.processed / "test.csv")[:8]
-
-
-def load_manifests(processed: str | Path) -> Manifests:
-    processed = Path(processed)
-    try:
-        train = pd.read_csv(processed / "train.csv", dtype={"id": str})
-        test = pd.read_csv(processed / "test.csv")
-        classes = read_json(processed / "classes.json")
-    except FileNotFoundError as e:
-        raise UserError(f"{e.filename} not found; run python -m src.prepare first") from e
-    return Manifests(processed, train[train["fold"] == "train"].reset_index(drop=True),
-                     train[train["fold"] == "val"].reset_index(drop=True), test, classes)
 
 
 def _generator(npy: Path, indices: np.ndarray, labels: np.ndarray | None, chunk: int):
@@ -86,7 +51,7 @@ def encode_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _empty_aligned(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
-    """np.empty on a 64-byte boundary, so TensorFlow can use the buffer as it is (see _cpu_variable)."""
+    """np.empty on a 64-byte boundary, so TensorFlow can use the buffer as it is (no copy into an aligned buffer)."""
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     buf = np.empty(nbytes + align, dtype=np.uint8)
     start = (-buf.ctypes.data) % align
@@ -147,31 +112,6 @@ def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = False) -> in
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
-def _streamed_batches(npy: Path, indices: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-                      drop_remainder: bool, first_epoch: int | None):
-    """cache=False: each epoch a seeded permutation, every batch read from the array file."""
-    n = len(indices)
-    steps = steps_per_epoch(n, batch_size, drop_remainder)
-    iteration = [0]
-
-    def one_epoch(e: int):
-        order = np.random.default_rng([seed, e]).permutation(n)
-        for b in range(steps):
-            rows = order[b * batch_size:(b + 1) * batch_size]
-            yield _read_rows(npy, indices[rows]), labels[rows]
-
-    def gen():
-        if first_epoch is None:
-            iteration[0] += 1
-            yield from one_epoch(iteration[0] - 1)
-        else:
-            e = int(first_epoch)
-            while True:
-                yield from one_epoch(e)
-                e += 1
-    return gen, steps
-
-
 def _beta(shape, alpha: float, seed) -> tf.Tensor:
     """Beta(alpha, alpha) samples, stateless: g1 / (g1 + g2) with g ~ Gamma(alpha)."""
     seeds = tf.random.experimental.stateless_split(seed, 2)
@@ -215,49 +155,38 @@ def mix_batch(x: tf.Tensor, y: tf.Tensor, key: tf.Tensor, seed: int, mixup: floa
     return do_mixup() if mixup > 0 else do_cutmix()
 
 
-def train_dataset(m: Manifests, batch_size: int, seed: int, shuffle_buffer: int = 10000,
-                  df: pd.DataFrame | None = None, cache: bool = True, drop_remainder: bool = False,
-                  first_epoch: int | None = None, mixup: float = 0.0, cutmix: float = 0.0) -> tf.data.Dataset:
-    """Cached, shuffled (seeded, reshuffled each epoch), batched, prefetched training pipeline.
+def train_dataset(m: Manifests, batch_size: int, seed: int, df: pd.DataFrame | None = None,
+                  drop_remainder: bool = False, first_epoch: int | None = None, mixup: float = 0.0,
+                  cutmix: float = 0.0) -> tf.data.Dataset:
+    """The training pipeline: shuffled (seeded, a new order every epoch), batched, prefetched.
 
-    The cache is train.npy itself, decoded once by prepare and memory-mapped with all its pages at once (see
-    map_rows; the operating system's page cache holds it, shared and never copied whole). Each epoch shuffles
-    the row numbers (seeded, a new order every epoch) and every batch is one numpy gather of its rows, in
-    parallel tf.data map calls, without per-image work or a per-image shuffle buffer. The shuffle is always
-    over the whole training set (shuffle_buffer is kept for callers; it no longer limits anything).
-    cache=False maps nothing: every batch is read from train.npy with plain file reads.
+    Its cache is train.npy itself, decoded once by prepare and memory-mapped with all its pages at once (map_rows:
+    the operating system's page cache holds it, shared, never copied whole). Each epoch shuffles the row numbers
+    of the whole training set and every batch is one numpy gather of its rows in parallel tf.data map calls,
+    with no per-image work and no shuffle buffer.
 
     first_epoch=None: one epoch, in a new seeded order each time the dataset is iterated. first_epoch=k: an
     endless stream of epochs k, k+1, ... (take steps_per_epoch(...) batches per epoch; no batch straddles two),
-    epoch e in an order that depends on (seed, e) only, so a run resumed at epoch k sees exactly the batches
-    an uninterrupted run would have. mixup/cutmix > 0 (Beta parameters; epoch streams only) mix each batch,
-    see mix_batch.
+    epoch e in an order that depends on (seed, e) only, so a run resumed at epoch k sees exactly the batches an
+    uninterrupted run would have. mixup/cutmix > 0 (Beta parameters; epoch streams only) mix each batch
+    (mix_batch).
     """
     if (mixup or cutmix) and first_epoch is None:
         raise ValueError("mixup/cutmix need an epoch stream (first_epoch=...): their draws are keyed by the step")
     df = m.train if df is None else df
-    bs = int(batch_size)
+    bs, n = int(batch_size), len(df)
     y = encode_labels(df["label"].to_numpy(), m.num_classes)
     index = df["index"].to_numpy()
+    images = map_rows(m.train_images)
     b = bs if drop_remainder else None
-    if not cache:
-        sig = (tf.TensorSpec((b, *m.image_shape), tf.uint8), tf.TensorSpec((b, *y.shape[1:]), tf.float32))
-        gen, steps = _streamed_batches(m.processed / "train.npy", index, y, bs, int(seed), drop_remainder, first_epoch)
-        ds = tf.data.Dataset.from_generator(gen, output_signature=sig)
-        if first_epoch is None:
-            ds = ds.apply(tf.data.experimental.assert_cardinality(steps))
-        return _mixed(ds, steps, first_epoch, seed, mixup, cutmix).prefetch(AUTOTUNE)
-    images = map_rows(m.processed / "train.npy")
-    shape = (b, *m.image_shape)
 
     def gather(i: np.ndarray):  # numpy releases the GIL while it copies, so parallel calls run in parallel
         return images[index[i]], y[i]
 
     def batch(i):
         x, labels = tf.numpy_function(gather, [i], (tf.uint8, tf.float32), stateful=False)
-        return tf.ensure_shape(x, shape), tf.ensure_shape(labels, (b, *y.shape[1:]))
+        return tf.ensure_shape(x, (b, *m.image_shape)), tf.ensure_shape(labels, (b, *y.shape[1:]))
 
-    n = len(df)
     if first_epoch is None:
         ds = tf.data.Dataset.range(n).shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
         ds = ds.batch(bs, drop_remainder=drop_remainder)
@@ -280,22 +209,23 @@ def _mixed(ds: tf.data.Dataset, steps: int, first_epoch: int | None, seed: int, 
                                    num_parallel_calls=AUTOTUNE)
 
 
-def eval_dataset(m: Manifests, df: pd.DataFrame, batch_size: int, split: str = "train", labelled: bool = True,
-                 flip: bool = False, cache: bool = False) -> tf.data.Dataset:
-    """Deterministic pipeline in manifest order (validation or test); flip=True mirrors every image."""
+def eval_dataset(m: Manifests, df: pd.DataFrame, batch_size: int, npy: Path, labelled: bool = True,
+                 flip: bool = False) -> tf.data.Dataset:
+    """Deterministic pipeline in manifest order, read in chunks (flat memory for any size); flip=True mirrors
+    every image."""
     y = encode_labels(df["label"].to_numpy(), m.num_classes) if labelled else None
-    ds = _source(m.processed / f"{split}.npy", df["index"].to_numpy(), y, m.image_shape, batch_size)
+    ds = _source(npy, df["index"].to_numpy(), y, m.image_shape, batch_size)
     if flip:
         ds = ds.map(lambda *t: (tf.reverse(t[0], axis=[2]), *t[1:]) if len(t) > 1 else tf.reverse(t[0], axis=[2]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache()
     return ds.prefetch(AUTOTUNE)
 
 
-def val_dataset(m: Manifests, batch_size: int, flip: bool = False) -> tf.data.Dataset:
-    return eval_dataset(m, m.val, batch_size, "train", labelled=True, flip=flip, cache=not flip)
+def val_dataset(m: Manifests, batch_size: int, flip: bool = False, cache: bool = False) -> tf.data.Dataset:
+    """The validation images with their labels; cache=True keeps them in memory (validation after every epoch)."""
+    ds = eval_dataset(m, m.val, batch_size, m.train_images, labelled=True, flip=flip)
+    return ds.cache() if cache else ds
 
 
 def test_dataset(m: Manifests, batch_size: int, flip: bool = False) -> tf.data.Dataset:
-    return eval_dataset(m, m.test, batch_size, "test", labelled=False, flip=flip)
+    return eval_dataset(m, m.test, batch_size, m.test_images, labelled=False, flip=flip)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import atomic_path, write_text
+from .files import atomic_path, write_text
 
 
 def _image(rng: np.random.Generator, label: int | None) -> Image.Image:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .common import PROJECT_ROOT, UserError
+from .errors import UserError
+from .paths import PROJECT_ROOT
 
 PARAMS_FILE = "params.yaml"
 
@@ -41,7 +42,7 @@ def compose_params(overrides: list[str], output: Path, root: Path = PROJECT_ROOT
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
-    from .common import atomic_path
+    from .files import atomic_path
 
     args = list(sys.argv[1:] if argv is None else argv)
     check = "--check" in args

@@ -1,4 +1,6 @@
-"""Kaggle submission CSVs: build, validate against the sample submission, write atomically.
+"""What is submitted: the probabilities (finalize: temperature -> class prior for unreadable images -> clip, the one
+place this happens, for validation scores and for the CSV alike), and the CSV itself (build, validate against
+the sample submission, write atomically).
 
 Two formats (dataset.submission):
   probability  id,label with label = P(classes[1]) in [clip, 1 - clip]   (Dogs vs Cats: P(dog))
@@ -7,14 +9,14 @@ Ids are integers, each exactly once, in numeric order (1, 2, ..., 10, not 1, 10,
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .common import UserError, atomic_path
+from .errors import UserError
+from .files import atomic_path
 
 
 class SubmissionError(UserError):
@@ -73,8 +75,9 @@ def validate(df: pd.DataFrame, kind: str, classes: Sequence[str], clip: float | 
         if bad.any():
             raise SubmissionError(f"label {df['label'][bad].iloc[0]!r} is not a class name ({', '.join(classes)})")
     if sample is not None and Path(sample).is_file():
-        s = pd.read_csv(sample)
-        sample_ids = np.sort(pd.to_numeric(s["id"], errors="coerce").dropna().astype(np.int64).to_numpy())
+        from .rawdata import read_sample_ids
+
+        sample_ids = np.sort(np.asarray(read_sample_ids(Path(sample)), dtype=np.int64))
         if len(sample_ids) != len(ids):
             raise SubmissionError(f"{len(ids)} rows but {Path(sample).name} has {len(sample_ids)}")
         if not np.array_equal(sample_ids, ids.to_numpy()):
@@ -98,16 +101,6 @@ def clip_probabilities(p: np.ndarray, clip: float) -> np.ndarray:
     return p
 
 
-def kaggle_log_loss(y_true: np.ndarray, p: np.ndarray, eps: float = 1e-15) -> float:
-    """Kaggle's log loss: probabilities clipped to [eps, 1 - eps] (rows renormalised for several classes)."""
-    y_true = np.asarray(y_true)
-    p = clip_probabilities(p, eps)
-    if p.ndim == 1:
-        y = y_true.astype(np.float64)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-    return float(-np.mean(np.log(p[np.arange(len(p)), y_true.astype(np.int64)])))
-
-
 def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
     """Divide the model's logits by `temperature` (> 1 softens over-confident probabilities, < 1 sharpens):
     sigmoid(logit(p) / T) for P(class 1), softmax(log p / T) for rows of class probabilities."""
@@ -122,21 +115,16 @@ def apply_temperature(p: np.ndarray, temperature: float) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def choose_temperature(y_true: np.ndarray, p: np.ndarray, low: float = 0.05, high: float = 20.0) -> float:
-    """The temperature in [low, high] that minimises validation log loss (temperature scaling, Guo et al. 2017)."""
-    from scipy.optimize import minimize_scalar
+def finalize(p: np.ndarray, temperature: float, clip: float, prior: np.ndarray | None = None,
+             unreadable: np.ndarray | None = None) -> np.ndarray:
+    """The model's probabilities -> the submitted ones: the temperature, then the class prior (over the training
+    labels) for the images that could not be read, then the clip. Evaluate scores validation on exactly this."""
+    p = apply_temperature(p, temperature).copy()
+    if unreadable is not None and unreadable.any():
+        p[unreadable] = prior[1] if p.ndim == 1 else prior
+    return clip_probabilities(p, clip)
 
-    res = minimize_scalar(lambda t: kaggle_log_loss(y_true, apply_temperature(p, math.exp(t))),
-                          bounds=(math.log(low), math.log(high)), method="bounded", options={"xatol": 1e-4})
-    best = round(math.exp(float(res.x)), 4)
-    return best if kaggle_log_loss(y_true, apply_temperature(p, best)) < kaggle_log_loss(y_true, p) else 1.0
 
-
-def choose_clip(y_true: np.ndarray, p: np.ndarray, candidates: Sequence[float]) -> float:
-    """The clip among candidates that minimises validation log loss (ties go to the smallest)."""
-    best, best_loss = None, math.inf
-    for c in sorted(float(c) for c in candidates):
-        loss = kaggle_log_loss(y_true, clip_probabilities(p, c))
-        if loss < best_loss - 1e-12:
-            best, best_loss = c, loss
-    return float(best if best is not None else 1e-15)
+def class_prior(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The share of each class among the labelled images."""
+    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes) / len(labels)

@@ -1,10 +1,14 @@
-"""MLflow tracking: one store for the whole project, one run per training run, sweeps grouped under a parent.
+"""MLflow: one store for the whole project, one run per training run, sweeps grouped under a parent.
 
-Store: `tracking.uri` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db with
-artifacts under <project root>/mlruns, whatever the working directory (a relative sqlite path in tracking.uri
-is relative to the project root too). `tracking.enabled=false` turns it off: nothing is imported or created.
-Evaluate and predict log into the training run they used (its id is in models/<dataset>/<name>/run.json);
-a submission CSV leads back to that run through its .json sidecar or its sha256 tag (`run_for_file`).
+Stage code uses two functions and nothing else of MLflow:
+  training_run(cfg, name, resume_id, tags)   open (or resume) the training run; yields a Run to log into
+  attach(cfg, run_id, metrics, tags, files)  add evaluate's, predict's or Kaggle's results to a finished run
+With tracking.enabled=false both do nothing (no store is created, nothing is imported).
+
+Store: `tracking.uri` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlflow.db with artifacts
+under <project root>/mlruns, whatever the working directory (a relative sqlite path in tracking.uri is relative to
+the project root too). A submission CSV leads back to its run through its .json record or its sha256 tag
+(run_for_file).
 """
 from __future__ import annotations
 
@@ -19,9 +23,11 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from .common import PROJECT_ROOT, UserError, read_json
+from .errors import UserError
+from .files import file_sha256, read_json
+from .paths import PROJECT_ROOT
 
-PARENT_ENV = "KAGGLEPIPE_MLFLOW_PARENT_RUN"
+PARENT_ENV = "KAGGLEPIPE_MLFLOW_PARENT_RUN"  # set while a Hydra sweep runs: its parent run's id
 _MAX_PARAM = 6000
 
 
@@ -42,7 +48,156 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def enabled(cfg: DictConfig) -> bool:
-    return bool(cfg.tracking.get("enabled", True))
+    return bool(cfg.tracking.enabled)
+
+
+# ------------------------------------------------------------------ a run to log into
+class Run:
+    """An open MLflow run, or (tracking off) one that records nothing: stage code never checks which."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None):
+        self.client, self.id = client, run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log the params the run does not hold yet (a resumed run must not log a key twice)."""
+        if self.client is None:
+            return
+        from mlflow.entities import Param
+
+        held = self.client.get_run(self.id).data.params
+        new = [Param(k, str(v)) for k, v in params.items() if k not in held]
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.id, params=new[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if self.client is not None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            self.client.log_batch(self.id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        if self.client is not None:
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_files(self, files: dict[str | None, list[Path]]) -> None:
+        """Artifacts: {folder in the run (None: its top): [local files]}; files that do not exist are skipped."""
+        if self.client is not None:
+            for folder, paths in files.items():
+                for p in paths:
+                    if Path(p).is_file():
+                        self.client.log_artifact(self.id, str(p), folder)
+
+
+@contextlib.contextmanager
+def training_run(cfg: DictConfig, name: str, resume_id: str | None = None,
+                 tags: dict[str, str] | None = None) -> Iterator[Run]:
+    """Start (or resume, with resume_id) the training run; end it FINISHED, FAILED (the error as the tag `error`)
+    or KILLED (Ctrl-C, SIGTERM). Inside a sweep a new run is a child of the sweep's parent, and its failure (or
+    interruption) fails (or kills) the parent at once."""
+    if not enabled(cfg):
+        yield Run()
+        return
+    client = _client(cfg)
+    parent = None if resume_id else os.environ.get(PARENT_ENV)
+    if resume_id:
+        previous = _existing_run(client, resume_id, cfg)
+        client.update_run(resume_id, status="RUNNING")
+        run = Run(client, resume_id)
+        run.set_tags(tags or {})
+    else:
+        previous = None
+        all_tags = {**_context_tags(), **(tags or {}), **({"mlflow.parentRunId": parent} if parent else {})}
+        run = Run(client, client.create_run(_experiment_id(client, cfg), run_name=name, tags=all_tags).info.run_id)
+    try:
+        yield run
+    except KeyboardInterrupt as e:
+        _close(client, run.id, parent, "KILLED", f"interrupted ({e or 'KeyboardInterrupt'})", name)
+        raise
+    except BaseException as e:
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            client.set_terminated(run.id, "FINISHED")
+            raise
+        error = f"exit {e.code}" if isinstance(e, SystemExit) else (f"{type(e).__name__}: {e}".splitlines() or [""])[0]
+        _close(client, run.id, parent, "FAILED", error, name)
+        raise
+    if previous is not None and previous.data.tags.get("error"):
+        # a resumed run that completes: its earlier interruption is history, not its state
+        client.set_tag(run.id, "previous_error", previous.data.tags["error"])
+        client.delete_tag(run.id, "error")
+    client.set_terminated(run.id, "FINISHED")
+
+
+def _context_tags() -> dict[str, str]:
+    """The tags MLflow's own start_run adds (user, source, ...), which MlflowClient.create_run leaves out."""
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        return dict(resolve_tags())
+    except Exception:  # an internal module: without it the run merely lacks these tags
+        return {}
+
+
+def _close(client: Any, run_id: str, parent: str | None, status: str, error: str, name: str) -> None:
+    with contextlib.suppress(Exception):  # closing must never hide the error that ended the run
+        client.set_tag(run_id, "error", error[:5000])
+    client.set_terminated(run_id, status)
+    if parent:  # a failed job fails its sweep: the parent must not stay RUNNING
+        with contextlib.suppress(Exception):
+            client.set_terminated(parent, status)
+            client.set_tag(parent, "error", f"job {name}: {error}"[:5000])
+
+
+def attach(cfg: DictConfig, run_id: str | None, *, metrics: dict[str, float] | None = None,
+           tags: dict[str, Any] | None = None, files: dict[str | None, list[Path]] | None = None,
+           dicts: dict[str, Any] | None = None) -> None:
+    """Add results to an existing (finished) run: metrics, tags, files as artifacts, dicts as JSON artifacts
+    ({artifact file: object}). Its status stays as it is. No-op with tracking off or no run id."""
+    if not enabled(cfg) or not run_id:
+        return
+    client = _client(cfg)
+    _existing_run(client, run_id, cfg)
+    run = Run(client, run_id)
+    run.log_metrics(metrics or {})
+    run.set_tags(tags or {})
+    run.log_files(files or {})
+    for artifact_file, obj in (dicts or {}).items():
+        client.log_dict(run_id, obj, artifact_file)
+
+
+def _existing_run(client: Any, run_id: str, cfg: DictConfig) -> Any:
+    try:
+        return client.get_run(run_id)
+    except Exception as e:
+        raise UserError(f"MLflow run {run_id} is not in the store {tracking_uri(cfg)}; use the store it was recorded "
+                        "in (tracking.uri=..., see tracking_uri in the run.json beside the model)") from e
+
+
+# ------------------------------------------------------------------ the store
+def _client(cfg: DictConfig):
+    from mlflow.tracking import MlflowClient
+
+    _quiet_mlflow_logs()
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    _open_store(client, uri, str(cfg.tracking.experiment))
+    return client
+
+
+def _experiment_id(client: Any, cfg: DictConfig) -> str:
+    """The run's experiment (tracking.experiment), created with its artifacts beside a sqlite store."""
+    name = str(cfg.tracking.experiment)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    db = _sqlite_file(tracking_uri(cfg))
+    location = (db.resolve().parent / "mlruns").as_uri() if db is not None else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent job
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _quiet_mlflow_logs() -> None:
@@ -58,54 +213,40 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:" else None
 
 
-def _open_store(mlflow: Any, uri: str, name: str):
-    """get_experiment_by_name, upgrading a sqlite store left by an older MLflow (after a backup copy)."""
+def _open_store(client: Any, uri: str, name: str) -> None:
+    """Reach the store once, upgrading a sqlite store left by an older MLflow (after a backup copy)."""
     try:
-        return mlflow.get_experiment_by_name(name)
+        client.get_experiment_by_name(name)
+        return
     except Exception as e:  # an unusable store: say which and how to fix it, not a traceback
         first = (str(e).splitlines() or [type(e).__name__])[0].split(". Take a backup")[0][:300]
         db = _sqlite_file(uri)
-        if db is not None and db.is_file() and "out-of-date database schema" in str(e):
-            backup = db.with_name(f"{db.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.copy2(db, backup)
-            print(f"tracking: {db} has an older MLflow schema; upgrading it (backup: {backup})")
-            try:
-                import sqlalchemy
-                from mlflow.store.db.utils import _upgrade_db
-
-                engine = sqlalchemy.create_engine(uri)
-                try:
-                    _upgrade_db(engine)
-                finally:
-                    engine.dispose()
-                return mlflow.get_experiment_by_name(name)
-            except Exception as e2:
-                first = (f"{first}; the automatic upgrade failed: {(str(e2).splitlines() or [''])[0][:200]}; "
-                         f"the database before it is in {backup}")
-        raise UserError(f"MLflow store {uri} cannot be used ({first}); back it up and run "
-                        f"`mlflow db upgrade {uri}`, or point tracking.uri elsewhere (or tracking.enabled=false)") from e
+        if db is None or not db.is_file() or "out-of-date database schema" not in str(e):
+            raise UserError(f"MLflow store {uri} cannot be used ({first}); back it up and run `mlflow db upgrade "
+                            f"{uri}`, or point tracking.uri elsewhere (or tracking.enabled=false)") from e
+    _upgrade_sqlite(db, uri, first)
+    client.get_experiment_by_name(name)
 
 
-def _client_setup(cfg: DictConfig):
-    import mlflow
+def _upgrade_sqlite(db: Path, uri: str, problem: str) -> None:
+    backup = db.with_name(f"{db.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.copy2(db, backup)
+    print(f"tracking: {db} has an older MLflow schema; upgrading it (backup: {backup})")
+    try:
+        import sqlalchemy
+        from mlflow.store.db.utils import _upgrade_db
 
-    _quiet_mlflow_logs()
-    uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    name = str(cfg.tracking.experiment)
-    exp = _open_store(mlflow, uri, name)
-    if exp is None:
-        location = None
-        if _sqlite_file(uri) is not None:  # artifacts beside the database, never in the working directory
-            location = (_sqlite_file(uri).resolve().parent / "mlruns").as_uri()
+        engine = sqlalchemy.create_engine(uri)
         try:
-            mlflow.create_experiment(name, artifact_location=location)
-        except Exception:  # created meanwhile by a concurrent job
-            pass
-    mlflow.set_experiment(name)
-    return mlflow
+            _upgrade_db(engine)
+        finally:
+            engine.dispose()
+    except Exception as e:
+        raise UserError(f"MLflow store {uri} cannot be used ({problem}); the automatic upgrade failed: "
+                        f"{(str(e).splitlines() or [''])[0][:200]}; the database before it is in {backup}") from e
 
 
+# ------------------------------------------------------------------ what a run records
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(d, dict):
@@ -143,94 +284,14 @@ def hydra_overrides() -> str:
         from hydra.core.hydra_config import HydraConfig
 
         return " ".join(HydraConfig.get().overrides.task)
-    except Exception:
+    except (ImportError, ValueError):  # no Hydra run
         return ""
-
-
-@contextlib.contextmanager
-def run(cfg: DictConfig, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None,
-        nested_parent: str | None = None) -> Iterator[Any]:
-    """Start (or reopen, with run_id) an MLflow run; end it FINISHED, FAILED (with the error as a tag) or KILLED.
-
-    Yields the mlflow module with the run active, or None when tracking is disabled. A new run inside a sweep
-    is a child of the sweep's parent run, and its failure (or interruption) fails (or kills) the parent.
-    Reopening a FINISHED run (evaluate, predict, kaggle logging into the training run) never turns it FAILED:
-    an error there is recorded as the tag `stage_error` and the run stays FINISHED.
-    """
-    if not enabled(cfg):
-        yield None
-        return
-    mlflow = _client_setup(cfg)
-    parent = None if run_id else (nested_parent or os.environ.get(PARENT_ENV))
-    all_tags = {**(tags or {})}
-    if parent:
-        all_tags["mlflow.parentRunId"] = parent
-    previous = None
-    if run_id:
-        try:
-            previous = mlflow.MlflowClient().get_run(run_id)
-        except Exception as e:
-            raise UserError(f"MLflow run {run_id} is not in the store {tracking_uri(cfg)}; use the store it was "
-                            f"recorded in (tracking.uri=..., see tracking_uri in the run.json beside the model)") from e
-    was_finished = previous is not None and previous.info.status == "FINISHED"
-    active = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=all_tags or None)
-
-    def close(status: str, error: str | None) -> None:
-        client = mlflow.MlflowClient()
-        if error is not None:
-            try:
-                client.set_tag(active.info.run_id, "stage_error" if was_finished else "error", error[:5000])
-            except Exception:
-                pass
-        if was_finished and status != "FINISHED":
-            status = "FINISHED"  # a later stage's failure does not undo a completed training run
-        mlflow.end_run(status=status)
-        if parent and status != "FINISHED":  # a failed job fails its sweep: the parent must not stay RUNNING
-            try:
-                client.set_terminated(parent, status=status)
-                client.set_tag(parent, "error", f"job {run_name}: {error}"[:5000])
-            except Exception:
-                pass
-
-    try:
-        yield mlflow
-    except KeyboardInterrupt as e:
-        close("KILLED", f"interrupted ({e or 'KeyboardInterrupt'})")
-        raise
-    except BaseException as e:
-        if isinstance(e, SystemExit) and e.code in (0, None):
-            close("FINISHED", None)
-            raise
-        msg = f"exit {e.code}" if isinstance(e, SystemExit) else (f"{type(e).__name__}: {e}".splitlines() or [""])[0]
-        close("FAILED", msg)
-        raise
-    else:
-        if mlflow.active_run() and mlflow.active_run().info.run_id == active.info.run_id:
-            if previous is not None and previous.data.tags.get("error") and not was_finished:
-                # a resumed run that completes: its earlier interruption is history, not its state
-                mlflow.MlflowClient().set_tag(active.info.run_id, "previous_error", previous.data.tags["error"])
-                mlflow.MlflowClient().delete_tag(active.info.run_id, "error")
-            mlflow.end_run(status="FINISHED")
-
-
-def log_params_once(mlflow: Any, params: dict[str, Any]) -> None:
-    """Log params that the run does not hold yet (a resumed run must not log a key twice)."""
-    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    new = {k: v for k, v in params.items() if k not in existing}
-    items = list(new.items())
-    for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i:i + 100]))
-
-
-def log_artifact(mlflow: Any, path: str | Path, artifact_path: str | None = None) -> None:
-    if mlflow is not None and Path(path).exists():
-        mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
 # ------------------------------------------------------------------ sweeps: one parent run per -m
 try:
     from hydra.experimental.callback import Callback
-except Exception:  # pragma: no cover
+except ImportError:  # pragma: no cover
     Callback = object  # type: ignore[misc,assignment]
 
 
@@ -250,13 +311,12 @@ def _close_parent(uri: str, parent: str, aborted: bool) -> None:
     children = _children(client, parent)
     bad = [c for c in children if c.info.status != "FINISHED"]
     client.set_tag(parent, "sweep.jobs", str(len(children)))
-    if aborted or bad:
-        status = "KILLED" if any(c.info.status == "KILLED" for c in bad) else "FAILED"
-        if aborted and not bad:
-            client.set_tag(parent, "error", "the sweep stopped before its end (a job failed before its run started)")
-        client.set_terminated(parent, status=status)
-    else:
+    if not (aborted or bad):
         client.set_terminated(parent, status="FINISHED")
+        return
+    if aborted and not bad:
+        client.set_tag(parent, "error", "the sweep stopped before its end (a job failed before its run started)")
+    client.set_terminated(parent, status="KILLED" if any(c.info.status == "KILLED" for c in bad) else "FAILED")
 
 
 def _close_parent_at_exit(uri: str, parent: str) -> None:
@@ -279,15 +339,12 @@ class SweepParentRun(Callback):  # type: ignore[misc]
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not enabled(config):
             return
-        from mlflow.tracking import MlflowClient
-
-        mlflow = _client_setup(config)
-        exp = mlflow.get_experiment_by_name(str(config.tracking.experiment))
+        client = _client(config)
         # Created, not started: it stays RUNNING while the jobs attach to it as children; on_multirun_end closes it.
-        r = MlflowClient().create_run(exp.experiment_id, run_name=f"sweep-{config.name}",
-                                      tags={"sweep": "parent", "hydra.overrides": " ".join(config.hydra.overrides.task),
-                                            "dataset": str(config.dataset.name), "model": str(config.model.name),
-                                            **git_info()})
+        r = client.create_run(_experiment_id(client, config), run_name=f"sweep-{config.name}",
+                              tags={"sweep": "parent", "hydra.overrides": " ".join(config.hydra.overrides.task),
+                                    "dataset": str(config.dataset.name), "model": str(config.model.name),
+                                    **git_info()})
         os.environ[PARENT_ENV] = r.info.run_id
         atexit.register(_close_parent_at_exit, tracking_uri(config), r.info.run_id)
 
@@ -301,17 +358,12 @@ class SweepParentRun(Callback):  # type: ignore[misc]
 
 # ------------------------------------------------------------------ tracing an output back to its run
 def run_for_file(cfg: DictConfig, path: str | Path) -> Any:
-    """The MLflow run that produced a submission CSV: from its .json sidecar, else by the CSV's sha256 tag."""
-    from mlflow.tracking import MlflowClient
-
-    from .common import file_sha256
-
+    """The MLflow run that produced a submission CSV: from its .json record, else by the CSV's sha256 tag."""
     path = Path(path)
-    _client_setup(cfg)
-    client = MlflowClient()
-    sidecar = path.with_suffix(".json")
-    if sidecar.is_file() and read_json(sidecar).get("run_id"):
-        return client.get_run(read_json(sidecar)["run_id"])
+    client = _client(cfg)
+    record = path.with_suffix(".json")
+    if record.is_file() and read_json(record).get("run_id"):
+        return client.get_run(read_json(record)["run_id"])
     digest = file_sha256(path)
     ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(ids, filter_string=f"tags.`submission.sha256` = '{digest}'", max_results=1) if ids else []

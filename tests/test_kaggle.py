@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest, also when 
 from conftest import compose, path_overrides, run_cli  # noqa: E402
 
 from src import kaggle as kg  # noqa: E402
-from src.common import UserError  # noqa: E402
+from src.errors import UserError  # noqa: E402
 
 DOGS = "dogs-vs-cats-redux-kernels-edition"
 CIFAR = "cifar-10"
@@ -161,9 +161,16 @@ def cfg_for(base: Path, *extra: str):
 
 
 # ------------------------------------------------------------------ download
-def test_download_dogs_vs_cats_unpacks_what_prepare_scans(tmp_path, creds_dir, monkeypatch, capsys):
-    from src.prepare import ensure_raw, scan
+def _scan(cfg):
+    from src.paths import Layout
+    from src.rawdata import ensure_raw, scan
 
+    lay = Layout(cfg)
+    ensure_raw(cfg, lay)
+    return scan(cfg, lay)
+
+
+def test_download_dogs_vs_cats_unpacks_what_prepare_scans(tmp_path, creds_dir, monkeypatch, capsys):
     fake = use(monkeypatch, FakeKaggle({DOGS: dogs_competition_zip()}))
     cfg = cfg_for(tmp_path, "dataset=dogs_vs_cats")
     raw = kg.run("download", cfg)
@@ -171,7 +178,7 @@ def test_download_dogs_vs_cats_unpacks_what_prepare_scans(tmp_path, creds_dir, m
     assert sorted(p.name for p in (raw / "train").iterdir()) == sorted(f"{c}.{n}.jpg" for c in ("cat", "dog") for n in range(3))
     assert (raw / "sample_submission.csv").is_file() and (raw / f"{DOGS}.zip").is_file()
     assert not (raw / f"{DOGS}.zip.part").exists()
-    s = scan(cfg, ensure_raw(cfg))
+    s = _scan(cfg)
     assert len(s.train) == 6 and list(s.test["id"]) == [1, 2, 3, 4] and not s.skipped
 
     # a second run: everything complete (size checked) -> nothing fetched, nothing rewritten
@@ -188,13 +195,11 @@ def test_download_dogs_vs_cats_unpacks_what_prepare_scans(tmp_path, creds_dir, m
 
 
 def test_download_cifar10_7z_layout(tmp_path, creds_dir, monkeypatch):
-    from src.prepare import ensure_raw, scan
-
     use(monkeypatch, FakeKaggle({CIFAR: cifar_competition_zip(tmp_path / "build")}))
     cfg = cfg_for(tmp_path, "dataset=cifar10")
     raw = kg.run("download", cfg)
     assert (raw / "trainLabels.csv").is_file() and (raw / "sampleSubmission.csv").is_file()
-    s = scan(cfg, ensure_raw(cfg))
+    s = _scan(cfg)
     assert len(s.train) == 10 and sorted(s.train["class"]) == sorted(CIFAR_CLASSES) and len(s.test) == 3
 
 
@@ -372,8 +377,8 @@ def test_submit_valid_records_on_mlflow_and_never_leaks_credentials(tmp_path, cr
 
     caplog.set_level(logging.DEBUG)
     cfg = cfg_for(tmp_path, "dataset=dogs_vs_cats")
-    with tracking.run(cfg, "seed_cnn") as mlflow:
-        run_id = mlflow.active_run().info.run_id
+    with tracking.training_run(cfg, "seed_cnn") as run:
+        run_id = run.id
     _raw_with_sample(tmp_path)
     subs = tmp_path / "submissions"
     older = _csv(subs, "dogs_vs_cats-old.csv", [1, 2, 3, 4], [0.1] * 4)

@@ -1,0 +1,182 @@
+"""Resume: everything a killed run needs to carry on exactly where it stopped, and the lock that keeps two runs
+out of one model folder.
+
+At the end of every epoch (EpochEnd) the model with its optimizer state goes to checkpoint/last.keras, the best
+so far (by val_log_loss) to checkpoint/best.keras, and then state.json: completed epochs, best score, patience
+used, history, the MLflow run id and the states of the model's random generators (augmentation, dropout: Keras
+does not save them with a model). state.json is written last, so it only ever names complete files. The same
+command resumes from it (train.resume=true); a checkpoint made under other training keys starts over. Together
+with epoch streams ordered by (seed, epoch) only (src/data.py), a resumed run trains exactly as an uninterrupted
+one would have. The checkpoint is removed when the run finishes.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import keras
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from . import interrupts
+from .errors import UserError
+from .files import atomic_path, read_json, short_hash, write_json
+from .paths import Layout
+
+# Config keys that define a training run: a checkpoint made under other values is not resumed.
+RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
+               "train.weight_decay", "train.momentum", "train.nesterov", "train.schedule", "train.warmup_epochs",
+               "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "train.ema_momentum",
+               "augment", "seed"]
+
+
+class TrainingState:
+    """What a killed run needs to carry on: completed epochs, best score, patience used, history, MLflow run."""
+
+    def __init__(self, lay: Layout, cfg_hash: str):
+        self.dir, self.file = lay.checkpoint_dir, lay.checkpoint_state
+        self.last, self.best = lay.checkpoint_last, lay.checkpoint_best
+        self.cfg_hash = cfg_hash
+        self.epoch = 0
+        self.best_score = math.inf
+        self.best_epoch = -1
+        self.wait = 0
+        self.history: list[dict[str, float]] = []
+        self.run_id: str | None = None
+        self.rng: list[list[int]] = []  # the model's random-generator states (augmentation, dropout) after `epoch`
+
+    def load(self) -> bool:
+        if not (self.file.is_file() and self.last.is_file()):
+            return False
+        s = read_json(self.file)
+        if s.get("config_hash") != self.cfg_hash:
+            print(f"train: checkpoint in {self.dir} was made with another config; starting over")
+            return False
+        self.epoch, self.best_score, self.best_epoch = s["epoch"], s["best_score"], s["best_epoch"]
+        self.wait, self.history, self.run_id, self.rng = s["wait"], s["history"], s.get("run_id"), s.get("rng", [])
+        return True
+
+    def save(self) -> None:
+        write_json(self.file, {"config_hash": self.cfg_hash, "epoch": self.epoch, "best_score": self.best_score,
+                               "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history,
+                               "run_id": self.run_id, "rng": self.rng})
+
+    def finished(self, cfg: DictConfig) -> bool:
+        """Nothing left to train: every epoch ran, or patience ran out."""
+        patience = int(cfg.train.early_stopping_patience)
+        return self.epoch >= int(cfg.train.epochs) or (patience > 0 and self.wait >= patience)
+
+
+def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
+    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh."""
+    keys = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            for k, v in ((k, OmegaConf.select(cfg, k)) for k in RESUME_KEYS)}
+    state = TrainingState(lay, short_hash(keys))
+    resumed = bool(cfg.train.resume) and state.load()
+    if not resumed and lay.checkpoint_dir.exists():
+        shutil.rmtree(lay.checkpoint_dir)
+    lay.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return state, resumed
+
+
+def restore(state: TrainingState) -> keras.Model:
+    """The last checkpoint's model (weights, optimizer state) with its random generators where they were."""
+    model = keras.saving.load_model(state.last)
+    variables = _seed_states(model)
+    if len(variables) != len(state.rng):
+        print(f"train: checkpoint has {len(state.rng)} random-generator states, the model {len(variables)}; "
+              "augmentation and dropout restart from their seeds")
+        return model
+    for v, value in zip(variables, state.rng):
+        v.assign(np.asarray(value, dtype=v.dtype))
+    return model
+
+
+def clear(lay: Layout) -> None:
+    """The run finished: the next run with this name starts afresh."""
+    shutil.rmtree(lay.checkpoint_dir, ignore_errors=True)
+
+
+def _seed_states(model) -> list:
+    """The state variables of every keras.random.SeedGenerator in the model (one per augmentation or dropout
+    layer), in layer order."""
+    return [v for v in model.non_trainable_variables if v.name == "seed_generator_state"]
+
+
+def save_model_atomic(model, path: Path) -> None:
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+
+
+class EpochEnd(keras.callbacks.Callback):
+    """At each epoch's end: stop on NaN, keep the best model, checkpoint for resume, log to MLflow, early-stop."""
+
+    def __init__(self, state: TrainingState, patience: int, run: Any):
+        super().__init__()
+        self.state, self.patience, self.run = state, patience, run
+        self.diverged: str | None = None
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if interrupts.pending():  # Ctrl-C/SIGTERM (deferred, see src/interrupts.py): leave fit at this batch's end
+            self.model.stop_training = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        seconds = time.perf_counter() - self._t0  # training + validation pass, before any checkpoint I/O
+        if interrupts.pending():  # an interrupted epoch is not complete: never checkpoint it
+            self.model.stop_training = True
+            return
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        bad = [k for k, v in logs.items() if not math.isfinite(v)]
+        if bad:
+            self.diverged = f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}"
+            self.model.stop_training = True
+            return
+        self._checkpoint(epoch, logs, seconds)
+        self.run.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch + 1)
+        print(f"train: epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate"))
+        st = self.state
+        if self.patience and st.wait >= self.patience:
+            print(f"train: early stop, no better val_log_loss for {self.patience} epochs (best epoch {st.best_epoch + 1})")
+            self.model.stop_training = True
+
+    def _checkpoint(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
+        st = self.state
+        score = logs.get("val_log_loss", logs.get("log_loss", math.inf))
+        if score < st.best_score:
+            st.best_score, st.best_epoch, st.wait = score, epoch, 0
+            save_model_atomic(self.model, st.best)
+        else:
+            st.wait += 1
+        st.epoch = epoch + 1
+        st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
+        st.rng = [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)]
+        save_model_atomic(self.model, st.last)
+        st.save()  # written last: it only ever names complete checkpoint files
+
+
+@contextlib.contextmanager
+def exclusive(lay: Layout) -> Iterator[None]:
+    """Hold an exclusive lock on a run's model folder while training into it: a second run with the same dataset
+    and name would otherwise share (and wipe) its checkpoint. The operating system drops the lock when the
+    process ends, however it ends (a killed run can be resumed at once)."""
+    lay.model_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lay.model_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another training run is writing to {lay.model_dir} (name={lay.name}); wait for it to "
+                            "finish, stop it, or give this run another name=...") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""The one entry wrapper every command goes through: `python -m src.<stage> [overrides]`.
+
+It composes the config with Hydra (a composition mistake becomes one line, exit 2), checks the config before any
+work (src/config.py), turns SIGTERM into Ctrl-C so that runs unwind and end KILLED in MLflow, and maps the
+outcome to an exit status: 0 done, 2 a user mistake (one line: `error: ...`), 130 Ctrl-C, 143 SIGTERM.
+A pipeline stage runs through src/pipeline.py, which first brings the stages before it up to date.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from . import interrupts
+from .errors import UserError
+from .paths import CONF_DIR
+
+
+def main(stage: str, task: Callable[[DictConfig], Any] | None = None) -> None:
+    """Run `stage` (a pipeline stage, or any named command with its own task) on the command line's config."""
+    import hydra
+
+    precheck_overrides(sys.argv[1:])
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def hydra_task(cfg: DictConfig) -> Any:
+        return run(stage, cfg, task)
+
+    hydra_task()
+
+
+def run(stage: str, cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None) -> Any:
+    """One stage or command, with the entry's error handling (also what each job of a Hydra sweep runs)."""
+    from . import config, pipeline
+
+    try:
+        with interrupts.raising():
+            config.check(cfg, stage)
+            return task(cfg) if task is not None else pipeline.run(cfg, stage)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        term = "SIGTERM" in e.args
+        print(f"interrupted{' (SIGTERM)' if term else ''}", file=sys.stderr)
+        sys.exit(143 if term else 130)
+
+
+def precheck_overrides(argv: list[str]) -> None:
+    """Compose the command line's overrides before Hydra runs the task: an unknown key, group option or a malformed
+    override becomes one line on stderr and exit status 2 (Hydra itself prints several lines and a hint).
+
+    Flags (-m/--multirun, --config-dir, --help, ...) are left to Hydra, which reports on them itself.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .config import compose
+
+    try:
+        compose(argv)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"error: {one_line(str(e))} (groups and keys are in conf/)", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def one_line(message: str) -> str:
+    """Hydra's multi-line composition errors as one line: the problem, then the options it lists."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    cut = next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
+    out: list[str] = []
+    for ln in lines[:cut]:
+        if out and out[-1].endswith(":"):
+            out[-1] += " " + ln
+        elif out and out[-1].split(":")[0].startswith("Available options"):
+            out[-1] += ", " + ln
+        else:
+            out.append(ln.rstrip("."))
+    return "; ".join(out)

@@ -1,0 +1,324 @@
+"""The configuration's schema and its checks, all made before any work starts.
+
+The defaults live in conf/ (Hydra groups); their types, ranges and allowed values are declared here, once,
+as pydantic models. pydantic rather than Hydra's structured configs: those check types only, while these
+also hold ranges, enumerations, "auto or a number" unions and the checks that span keys, and a failure
+becomes one line that names the key, the value and what is allowed (config error: train.lr=-1 is not
+allowed; expected a number > 0 ...). Each model's own keys are declared beside its builder (src/models/).
+"""
+from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, Any, Literal, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+# ------------------------------------------------------------------ field types
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]          # [0, 1)
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]      # (0, 1)
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Name = Annotated[str, Field(min_length=1)]
+
+
+class Section(BaseModel):
+    """Strict types (2.5 is no integer, "yes" no boolean) and no unknown keys."""
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------ the groups
+class Paths(Section):
+    raw: str
+    processed: str
+    models: str
+    metrics: str
+    plots: str
+    submissions: str
+
+
+class Prepare(Section):
+    workers: Annotated[Count, Field(description="0 = every core")]
+    write_images: bool
+    preview: bool
+
+
+class KaggleSource(Section):
+    competition: Optional[Name]
+    archives: list[Name]
+
+
+class Demo(Section):
+    seed: int
+    n_train_per_class: PositiveInt
+    n_test: PositiveInt
+
+
+class Dataset(Section):
+    name: Name
+    raw_dir: Name
+    layout: Literal["filename", "labels_csv"]
+    labels_csv: Optional[Name]
+    image_ext: Annotated[list[Name], Field(min_length=1)]
+    classes: Annotated[list[Name], Field(min_length=2)]
+    image_size: Annotated[int, Field(ge=8, le=1024)]
+    resize: Literal["stretch", "pad", "crop"]
+    val_fraction: OpenFraction
+    split_seed: int
+    sample_submission: Name
+    metric: Literal["log_loss", "accuracy"]
+    submission: Literal["probability", "class_name"]
+    kaggle: KaggleSource
+    generate: Optional[Literal["demo"]]
+    demo: Optional[Demo] = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(set(self.classes)) != len(self.classes):
+            raise _Invalid("classes", self.classes, "a list of at least two distinct class names")
+        if self.layout == "labels_csv" and not self.labels_csv:
+            raise _Invalid("labels_csv", self.labels_csv, "the labels CSV's file name when dataset.layout=labels_csv")
+        return self
+
+
+class Train(Section):
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"]
+    lr: Positive
+    weight_decay: NonNegative
+    momentum: Fraction
+    nesterov: bool
+    schedule: Literal["constant", "cosine", "onecycle"]
+    warmup_epochs: NonNegative
+    label_smoothing: Fraction
+    ema_momentum: Optional[OpenFraction]
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
+    early_stopping_patience: Annotated[Count, Field(description="0 = never")]
+    resume: bool
+    steps_per_execution: PositiveInt
+    jit_compile: Union[Literal["auto"], bool, None]
+    distribute: Literal["none", "data_parallel"]
+    tta: bool
+    subset: Annotated[Count, Field(description="0 = all")]
+    fit_on_all: bool
+
+
+class Augment(Section):
+    flip: bool
+    rotation: Annotated[float, Field(ge=0, le=0.5)]
+    zoom: Fraction
+    translate: Fraction
+    contrast: Fraction
+    fill_mode: Literal["reflect", "nearest", "constant", "wrap"]
+    mixup: Annotated[NonNegative, Field(description="0 = off")]
+    cutmix: Annotated[NonNegative, Field(description="0 = off")]
+
+
+Clip = Annotated[float, Field(gt=0, lt=0.5)]
+
+
+class Evaluate(Section):
+    temperature: Union[Literal["auto"], Annotated[float, Field(ge=0.01, le=100)]]
+    clip: Union[Literal["auto"], Clip]
+    clip_candidates: Annotated[list[Clip], Field(min_length=1)]
+
+
+class Tracking(Section):
+    enabled: bool
+    uri: Optional[Name]
+    experiment: Name
+
+
+class Kaggle(Section):
+    retries: Count
+    force: bool
+    status_limit: PositiveInt
+
+
+class Submit(Section):
+    file: Optional[Name]
+    message: Optional[str]
+    dry_run: bool
+
+
+class Config(Section):
+    name: Name
+    seed: int
+    paths: Paths
+    prepare: Prepare
+    dataset: Dataset
+    model: dict[str, Any]  # each model's keys: src/models/, checked by the stages that build a model
+    train: Train
+    augment: Augment
+    evaluate: Evaluate
+    tracking: Tracking
+    kaggle: Kaggle
+    submit: Submit
+
+
+# ------------------------------------------------------------------ checking
+class _Invalid(ValueError):
+    """A check that spans keys failed: names the key (within its section), the value and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(allowed)
+        self.key, self.value, self.allowed = key, value, allowed
+
+
+def check(cfg: DictConfig, stage: str | None = None) -> None:
+    """Check the whole config (and, for the stages that build a model, the model's own keys and the batch size
+    against the devices) before any work; a mistake raises a one-line UserError."""
+    container = _resolved(cfg)
+    container.pop("hydra", None)
+    validate(Config, container)
+    if stage in ("train",):
+        from .models import model_params
+        from .runtime import check_batch_fits_devices
+
+        model_params(cfg.model)
+        check_batch_fits_devices(cfg)
+
+
+def validate(schema: type[BaseModel], data: Any, prefix: str = "") -> Any:
+    """schema.model_validate(data), or a one-line UserError for its first problem."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise UserError(_first_problem(schema, data, e, prefix)) from None
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    try:  # a broken interpolation anywhere (e.g. dataset.raw_dir=${nope}) fails here, not halfway through a stage
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UserError(f"config error: {key}: {str(e).splitlines()[0]}; fix it in conf/ or override it") from None
+
+
+def _first_problem(schema: type[BaseModel], data: Any, e: ValidationError, prefix: str) -> str:
+    err = e.errors()[0]
+    keys = _field_path(err["loc"])
+    if isinstance(err.get("ctx", {}).get("error"), _Invalid):
+        inv = err["ctx"]["error"]
+        keys, value, allowed = [*keys, inv.key], inv.value, inv.allowed
+    elif err["type"] == "extra_forbidden":
+        key = ".".join([prefix, *keys] if prefix else keys)
+        return f"config error: {key} is not a known key; remove it, or check its spelling against conf/"
+    else:
+        value, allowed = _lookup(data, keys), describe_field(schema, keys)
+    key = ".".join([prefix, *keys] if prefix else keys)
+    if err["type"] == "missing":
+        return f"config error: {key} is missing; expected {allowed} (add it in conf/ or with +{key}=...)"
+    return (f"config error: {key}={_show(value)} is not allowed; expected {allowed} "
+            f"(fix it in conf/ or override it, e.g. {key}=...)")
+
+
+def _field_path(loc: tuple) -> list[str]:
+    """The field names in a pydantic error location (union-member tags and list indices dropped)."""
+    out = []
+    for part in loc:
+        if not (isinstance(part, str) and part.isidentifier()):
+            break
+        out.append(part)
+    return out
+
+
+def _lookup(data: Any, keys: list[str]) -> Any:
+    for k in keys:
+        data = data.get(k) if isinstance(data, dict) else None
+    return data
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else repr(value)
+
+
+# ------------------------------------------------------------------ "what is allowed", in words
+def describe_field(schema: type[BaseModel], keys: list[str]) -> str:
+    annotation, metadata, note = schema, [], None
+    for k in keys:
+        field = annotation.model_fields[k]
+        annotation, metadata, note = field.annotation, list(field.metadata), field.description
+    text = describe(annotation, metadata)
+    return f"{text} ({note})" if note else text
+
+
+def describe(annotation: Any, metadata: list | None = None) -> str:
+    """An annotation in words: 'an integer >= 1', 'auto or a number in (0, 0.5)', 'one of adam, sgd'."""
+    metadata = list(metadata or [])
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return describe(args[0], [*metadata, *args[1:]])
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args)) if len(args) > 1 else str(args[0])
+    if annotation is type(None):
+        return "null"
+    if annotation is bool:
+        return "true or false"
+    if origin is list:
+        bounds = _bounds(metadata)
+        size = "a non-empty list" if bounds.get("min_length") == 1 else (
+            f"a list of at least {bounds['min_length']}" if "min_length" in bounds else "a list")
+        return f"{size} of {_plural(describe(args[0]))}"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping with keys " + ", ".join(annotation.model_fields)
+    if annotation is str:
+        return "a non-empty text" if _bounds(metadata).get("min_length") else "a text"
+    word = {int: "an integer", float: "a number"}.get(annotation, getattr(annotation, "__name__", "?"))
+    return word + _range(_bounds(metadata), annotation is int)
+
+
+def _bounds(metadata: list) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for m in metadata:
+        for attr in ("ge", "gt", "le", "lt", "min_length"):
+            if getattr(m, attr, None) is not None:
+                out[attr] = getattr(m, attr)
+        for inner in getattr(m, "metadata", []):  # a FieldInfo nested in Annotated
+            out.update(_bounds([inner]))
+    return out
+
+
+def _range(b: dict[str, Any], integer: bool) -> str:
+    lo = ("[", b["ge"]) if "ge" in b else ("(", b["gt"]) if "gt" in b else None
+    hi = ("]", b["le"]) if "le" in b else (")", b["lt"]) if "lt" in b else None
+    if lo and hi:
+        if integer and lo[0] == "[" and hi[0] == "]":
+            return f" from {lo[1]} to {hi[1]}"
+        return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f" {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def _plural(text: str) -> str:
+    for a, b in (("an integer", "integers"), ("a number", "numbers"), ("a non-empty text", "non-empty texts"),
+                 ("a text", "texts")):
+        if text.startswith(a):
+            return b + text[len(a):]
+    return text
+
+
+# ------------------------------------------------------------------ composing without a command line
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The project config composed as the command line would compose it (tests, notebooks, benchmarks)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from .paths import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))

@@ -1,0 +1,110 @@
+"""A trained model's probabilities, as files: the seam between training and everything after it.
+
+    models/<dataset>/<name>/predictions/val.csv    id, label, p_<class>...   (the validation fold)
+    models/<dataset>/<name>/predictions/test.csv   id, ok, p_<class>...      (every test image; ok: readable)
+
+One column per class (for two classes p_<classes[1]> is the model's sigmoid, p_<classes[0]> its complement), the
+model's own probabilities: no temperature, no clip (src/submission.py finalizes them). Beside each CSV a .json
+says what made it: the MLflow run, the model file and its sha256, TTA, the classes, and the CSV's own sha256.
+Train writes both at its end; evaluate and predict read them, and remake them from the model only when they are
+missing or were made by another model or another train.tta.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+
+from .errors import UserError
+from .files import atomic_path, file_sha256, read_json, write_json
+from .paths import Layout, shown_path
+
+SPLITS = ("val", "test")
+
+
+@dataclass
+class Predictions:
+    frame: pd.DataFrame  # id, label (val) or ok (test), p_<class>...
+    meta: dict
+
+    def probs(self) -> np.ndarray:
+        """P(class 1) for two classes (1-D), else one row of class probabilities per image."""
+        p = self.frame[[f"p_{c}" for c in self.meta["classes"]]].to_numpy(dtype=np.float64)
+        return p[:, 1] if p.shape[1] == 2 else p
+
+
+def load_model(lay: Layout):
+    import keras
+
+    if not lay.model.is_file():
+        raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
+                        f"name={lay.name}")
+    return keras.saving.load_model(lay.model)
+
+
+def predict_proba(model, make_dataset, tta: bool) -> np.ndarray:
+    """Probabilities in dataset order (1-D P(class 1) for two classes); tta also averages over horizontally
+    flipped images. make_dataset(flip) gives the images."""
+    p = np.asarray(model.predict(make_dataset(False), verbose=0), dtype=np.float64)
+    if tta:
+        p = (p + np.asarray(model.predict(make_dataset(True), verbose=0), dtype=np.float64)) / 2
+    return p.reshape(len(p)) if p.ndim == 2 and p.shape[1] == 1 else p
+
+
+def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] = SPLITS) -> None:
+    """Predict the given splits with the model (loaded from lay.model if not given) and write their files."""
+    from .data import test_dataset, val_dataset
+
+    model = model if model is not None else load_model(lay)
+    bs, tta = int(cfg.train.batch_size), bool(cfg.train.tta)
+    for split in splits:
+        if split == "val":
+            p = predict_proba(model, lambda flip: val_dataset(m, max(bs, 64), flip=flip), tta)
+            frame = pd.DataFrame({"id": m.val["id"], "label": m.val["label"]})
+        else:
+            p = predict_proba(model, lambda flip: test_dataset(m, max(bs, 256), flip=flip), tta)
+            frame = pd.DataFrame({"id": m.test["id"], "ok": m.test["ok"].astype(bool)})
+        columns = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
+        for i, c in enumerate(m.classes):
+            frame[f"p_{c}"] = columns[:, i]
+        _save(lay, split, frame, {"split": split, "tta": tta, "classes": list(m.classes)})
+
+
+def _save(lay: Layout, split: str, frame: pd.DataFrame, meta: dict) -> None:
+    csv = lay.predictions(split)
+    with atomic_path(csv, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)  # floats in full precision: they read back exactly
+    run = read_json(lay.run_info) if lay.run_info.is_file() else {}
+    write_json(csv.with_suffix(".json"), {**meta, "rows": len(frame), "run_id": run.get("run_id"),
+                                          "model": shown_path(lay.model), "model_sha256": file_sha256(lay.model),
+                                          "csv_sha256": file_sha256(csv)})
+
+
+def is_current(cfg: DictConfig, lay: Layout, split: str) -> bool:
+    """The split's file is whole and was made by the current model file with the configured TTA."""
+    csv = lay.predictions(split)
+    meta_file = csv.with_suffix(".json")
+    if not (csv.is_file() and meta_file.is_file() and lay.model.is_file()):
+        return False
+    meta = read_json(meta_file)
+    return (meta.get("tta") == bool(cfg.train.tta) and meta.get("model_sha256") == file_sha256(lay.model)
+            and meta.get("csv_sha256") == file_sha256(csv))
+
+
+def predictions(cfg: DictConfig, lay: Layout, split: str) -> Predictions:
+    """The split's predictions from their file, remade from the model first if they are not current."""
+    if not is_current(cfg, lay, split):
+        from . import manifests
+
+        print(f"inference: {lay.predictions(split)} missing or made by another model or TTA setting; predicting")
+        write(cfg, lay, manifests.load(lay), splits=(split,))
+    return read(lay.predictions(split))
+
+
+def read(csv: Path) -> Predictions:
+    meta = read_json(csv.with_suffix(".json"))
+    frame = pd.read_csv(csv, dtype={"id": str} if meta["split"] == "val" else None)
+    return Predictions(frame, meta)

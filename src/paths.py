@@ -1,0 +1,108 @@
+"""Every path a run reads or writes (the project's catalog), derived from the config alone.
+
+Paths in the config are relative to the project root, never to the working directory or Hydra's run folder,
+so a run from any directory, a sweep job and a DVC stage all read and write the same places.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def project_path(p: str | os.PathLike) -> Path:
+    """A configured path resolved against the project root (absolute paths are kept, ~ is expanded)."""
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def shown_path(p: Path) -> str:
+    """A path as recorded inside outputs: relative to the project root when inside it, so clones agree."""
+    try:
+        return p.resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The run's name (`name`); each job of a Hydra sweep (-m) gets its job number appended, so that jobs
+    never share outputs."""
+    name = str(cfg.name)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):  # no Hydra run (tests and notebooks compose the config themselves)
+        return name
+    return f"{name}-{hc.job.num}" if hc.mode == RunMode.MULTIRUN else name
+
+
+class Layout:
+    """Where each stage reads and writes. Stages take every path from here; none builds one itself."""
+
+    def __init__(self, cfg: DictConfig):
+        ds, name = str(cfg.dataset.name), run_name(cfg)
+        self.dataset, self.name = ds, name
+
+        # the raw Kaggle files (read only; data/raw/<dataset>/ unless dataset.raw_dir says otherwise)
+        self.raw = project_path(cfg.dataset.raw_dir)
+        self.raw_train, self.raw_test = self.raw / "train", self.raw / "test"
+        self.sample_submission = self.raw / str(cfg.dataset.sample_submission)
+        self.labels_csv = self.raw / str(cfg.dataset.labels_csv) if cfg.dataset.get("labels_csv") else None
+        self.download_state = self.raw / ".kagglepipe-download.json"
+
+        # prepare: data/processed/<dataset>/
+        self.processed = project_path(cfg.paths.processed) / ds
+        self.train_images, self.test_images = self.processed / "train.npy", self.processed / "test.npy"
+        self.train_manifest, self.test_manifest = self.processed / "train.csv", self.processed / "test.csv"
+        self.classes = self.processed / "classes.json"
+        self.report = self.processed / "report.json"
+        self.preview = self.processed / "preview.png"
+        self.image_files = self.processed / "images"
+        self.prepare_state = self.processed / "state.json"  # machine-specific: .dvcignore keeps it out of DVC
+
+        # train: models/<dataset>/<name>/
+        self.model_dir = project_path(cfg.paths.models) / ds / name
+        self.model = self.model_dir / "model.keras"
+        self.run_info = self.model_dir / "run.json"
+        self.history = self.model_dir / "history.json"
+        self.config_yaml = self.model_dir / "config.yaml"
+        self.checkpoint_dir = self.model_dir / "checkpoint"
+        self.checkpoint_state = self.checkpoint_dir / "state.json"
+        self.checkpoint_last = self.checkpoint_dir / "last.keras"
+        self.checkpoint_best = self.checkpoint_dir / "best.keras"
+        self.predictions_dir = self.model_dir / "predictions"
+
+        # evaluate: metrics/<dataset>/<name>.json, plots/<dataset>/<name>/
+        self.metrics = project_path(cfg.paths.metrics) / ds / f"{name}.json"
+        self.plots = project_path(cfg.paths.plots) / ds / name
+        self.learning_curve = self.plots / "learning_curve.png"
+        self.val_predictions = self.plots / "val_predictions.csv"
+
+        # predict: submissions/<dataset>-<name>.csv and its record
+        self.submissions = project_path(cfg.paths.submissions)
+        self.submission = self.submissions / f"{ds}-{name}.csv"
+        self.submission_record = self.submission.with_suffix(".json")
+
+    def predictions(self, split: str) -> Path:
+        """The model's raw probabilities for a split ("val" or "test"), with ids; its .json describes them."""
+        return self.predictions_dir / f"{split}.csv"
+
+    def plot(self, filename: str) -> Path:
+        return self.plots / filename
+
+    def dataset_submissions(self) -> list[Path]:
+        """Every submissions/<dataset>-*.csv, oldest first."""
+        if not self.submissions.is_dir():
+            return []
+        return sorted(self.submissions.glob(f"{self.dataset}-*.csv"), key=lambda p: p.stat().st_mtime)
+
+    def download(self, competition: str) -> tuple[Path, Path, Path]:
+        """The competition zip, its partial download, and the partial's marker (remote size and ETag)."""
+        zip_path = self.raw / f"{competition}.zip"
+        return zip_path, zip_path.with_name(zip_path.name + ".part"), zip_path.with_name(zip_path.name + ".part.json")

@@ -1,0 +1,57 @@
+"""The stage order, and the one place that runs what a stage needs first.
+
+    prepare -> train -> evaluate -> predict
+
+`python -m src.<stage>` runs through here: the stages before it that are not current are brought up to date first
+(prepare and evaluate are run; train, the expensive one, is never run behind the user's back: a missing model is a
+one-line error naming the command). Inside a DVC stage (DVC sets DVC_STAGE) DVC decides what is stale by content,
+so nothing is rerun here: a missing input is a one-line error naming the DVC stage to run.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .errors import UserError
+from .paths import Layout
+
+ORDER = ("prepare", "train", "evaluate", "predict")
+
+
+def stage(name: str):
+    """A stage's module: run(cfg) does the stage; prepare and evaluate also say is_current(cfg)."""
+    return importlib.import_module(f"src.{name}")
+
+
+def run(cfg: DictConfig, target: str) -> Any:
+    """Bring the stages before `target` up to date, then run it."""
+    for name in ORDER[:ORDER.index(target)] if target in ORDER else ():
+        _bring_up_to_date(cfg, name, target)
+    return stage(target).run(cfg)
+
+
+def _bring_up_to_date(cfg: DictConfig, name: str, target: str) -> None:
+    if os.environ.get("DVC_STAGE"):
+        if not _outputs_exist(cfg, name):
+            raise UserError(f"the {name} stage's outputs are missing; run it first: dvc repro {name}")
+        return
+    if name == "train":  # the expensive stage: a model that is there is used as it is
+        lay = Layout(cfg)
+        if not lay.model.is_file():
+            raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
+                            f"name={lay.name}")
+        return
+    if stage(name).is_current(cfg):
+        return
+    print(f"{target}: the {name} stage's outputs are missing or out of date; running {name} first")
+    stage(name).run(cfg)
+
+
+def _outputs_exist(cfg: DictConfig, name: str) -> bool:
+    lay = Layout(cfg)
+    if name == "prepare":
+        return stage("prepare").is_complete(cfg)
+    return {"train": lay.model, "evaluate": lay.metrics}[name].is_file()

@@ -1,0 +1,80 @@
+"""Every picture the pipeline draws (PNG, written atomically): learning curves, ROC and calibration, the confusion
+matrix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+
+
+def learning_curve(history: list[dict[str, float]], path: Path) -> None:
+    """Log loss and accuracy per epoch, training and validation."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    for ax, key in zip(axes, ("log_loss", "accuracy")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            vals = [h.get(prefix + key) for h in history]
+            if any(v is not None for v in vals):
+                ax.plot(epochs, vals, style, marker="o", label=(prefix or "train_") + key)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def roc(y: np.ndarray, p: np.ndarray, auc: float, positive: str, path: Path) -> None:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p)
+    fig, ax = _pyplot().subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], "k:")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (P({positive}))")
+    ax.legend()
+    _save(fig, path)
+
+
+def calibration(y: np.ndarray, p: np.ndarray, positive: str, path: Path) -> None:
+    """Mean predicted probability against the observed share, in ten bins."""
+    which = np.clip(np.digitize(p, np.linspace(0, 1, 11)) - 1, 0, 9)
+    bins = [b for b in range(10) if (which == b).any()]
+    fig, ax = _pyplot().subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], "k:")
+    ax.plot([float(p[which == b].mean()) for b in bins], [float(y[which == b].mean()) for b in bins], marker="o")
+    ax.set(xlabel="mean predicted probability", ylabel=f"fraction {positive}", title="calibration (validation)")
+    _save(fig, path)
+
+
+def confusion_matrix(cm: np.ndarray, classes: list[str], path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(7, 6))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (validation)")
+    fig.colorbar(im)
+    fig.tight_layout()
+    _save(fig, path)

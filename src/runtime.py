@@ -1,0 +1,161 @@
+"""Hardware, precision and distribution: what a training run runs on. Mixed precision is set here.
+
+train.precision=auto gives mixed_float16 where a GPU is visible (it pays there: float32 output layer and loss,
+Keras scales the loss) and float32 on a CPU (where it only slows things down). train.distribute=data_parallel
+splits each batch (train.batch_size is the global batch) over every visible device with the framework's own
+tools: MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX (several processes, one per host,
+join through keras.distribution.initialize and the KERAS_DISTRIBUTION_* variables).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+from omegaconf import DictConfig
+
+from .errors import UserError
+
+
+def accelerators() -> list[str]:
+    """The visible accelerators of the active Keras backend."""
+    import keras
+
+    if keras.config.backend() == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices() if d.platform != "cpu"]
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    return []
+
+
+def resolve_precision(requested: str) -> str:
+    """auto: mixed_float16 where a GPU is visible, float32 on the CPU."""
+    if requested != "auto":
+        return requested
+    return "mixed_float16" if accelerators() else "float32"
+
+
+def setup(cfg: DictConfig) -> dict[str, str]:
+    """Seed everything, set the precision policy, join a multi-process job; what the run uses, as MLflow tags."""
+    import keras
+
+    _simulated_cpu_devices()  # both before anything initialises the backend's devices
+    _initialize_multiprocess(cfg)
+    keras.utils.set_random_seed(int(cfg.seed))
+    policy = resolve_precision(str(cfg.train.precision))
+    keras.config.set_dtype_policy(policy)
+    acc = accelerators()
+    return {"runtime.backend": keras.config.backend(), "runtime.precision": policy,
+            "runtime.device": ", ".join(acc) if acc else "cpu",
+            "runtime.replicas": str(len(data_parallel_devices(cfg)) or 1)}
+
+
+def check_batch_fits_devices(cfg: DictConfig) -> None:
+    """train.batch_size is the global batch: it must split evenly over the data-parallel devices."""
+    if cfg.train.distribute != "data_parallel":
+        return
+    _simulated_cpu_devices()
+    _initialize_multiprocess(cfg)
+    replicas = len(data_parallel_devices(cfg)) or 1
+    if int(cfg.train.batch_size) % replicas:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over the {replicas} devices of "
+                        f"train.distribute=data_parallel; use a multiple of {replicas}")
+
+
+def _simulated_cpu_devices() -> None:
+    """KAGGLEPIPE_CPU_DEVICES=n: split the CPU into n devices, so data parallelism can be tried (and tested)
+    without accelerators. Only works before the backend initialises its devices. The JAX equivalent of
+    XLA_FLAGS=--xla_force_host_platform_device_count=n."""
+    n = int(os.environ.get("KAGGLEPIPE_CPU_DEVICES") or 0)
+    if n < 2:
+        return
+    import keras
+
+    try:
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        elif keras.config.backend() == "jax":
+            import jax
+
+            jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:  # already initialised (a later job of a sweep, in the same process): keep what it has
+        pass
+
+
+def _initialize_multiprocess(cfg: DictConfig) -> None:
+    """JAX multi-host/multi-process data parallelism: keras.distribution.initialize() joins this process to the
+    cluster when the launcher sets KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port, or all of them,
+    comma-separated), KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID (one process per host,
+    same command everywhere). It must come before any computation. keras.distribution.list_devices() then lists
+    every process's devices and each process feeds its share of the global batch (train.batch_size)."""
+    import keras
+
+    if cfg.train.distribute != "data_parallel" or keras.config.backend() != "jax":
+        return
+    if not any(k in os.environ for k in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")):
+        return
+    import jax
+
+    if not jax.distributed.is_initialized():
+        keras.distribution.initialize()
+
+
+def data_parallel_devices(cfg: DictConfig) -> list[str]:
+    """The devices train.distribute=data_parallel splits each batch over (GPUs, else the CPU devices); [] for none."""
+    import keras
+
+    if cfg.train.distribute != "data_parallel":
+        return []
+    if keras.config.backend() == "jax":
+        return list(keras.distribution.list_devices())
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_logical_devices("GPU")] or \
+               [d.name for d in tf.config.list_logical_devices("CPU")]
+    raise UserError(f"train.distribute=data_parallel is not supported on the {keras.config.backend()} backend; use none")
+
+
+@contextlib.contextmanager
+def distribution(cfg: DictConfig) -> Iterator[None]:
+    """Build, compile (or load) and fit the model inside this block.
+
+    TensorFlow: a tf.distribute.MirroredStrategy scope (model, optimizer and metrics variables are mirrored; each
+    replica gets batch_size / replicas images and gradients are all-reduced; BatchNormalization statistics are per
+    replica). JAX: keras.distribution.DataParallel, set for the block (fit shards every batch over the device
+    mesh). Outside the block the model runs on one device again (inference, which needs no even split).
+    """
+    import keras
+
+    if cfg.train.distribute != "data_parallel":
+        yield
+        return
+    if keras.config.backend() == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=data_parallel_devices(cfg)))
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(None)
+        return
+    import tensorflow as tf
+
+    with tf.distribute.MirroredStrategy(devices=data_parallel_devices(cfg)).scope():
+        yield
+
+
+def replicas_in_use(model) -> int:
+    """How many devices the built model really trains on (read back from the framework, not from the config)."""
+    import keras
+
+    if keras.config.backend() == "tensorflow":
+        return int(model.distribute_strategy.num_replicas_in_sync)
+    if keras.config.backend() == "jax":  # DataParallel replicates every variable over the mesh
+        return len(model.trainable_variables[0].value.sharding.device_set)
+    return 1
