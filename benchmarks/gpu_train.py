@@ -2,8 +2,8 @@
 
 For each model (seed CNN at 150x150 on Dogs vs Cats, ResNet-9 at 32x32 on CIFAR-10) and each precision
 policy (float32, mixed_float16, mixed_bfloat16) it builds the model with src.models.build_model, compiles
-it with src.train.compile_model and runs Model.fit on
-  pipeline:  src.data.train_dataset over the prepared images (cache, seeded shuffle, batch, prefetch),
+it with src.optimizer.compile_model and runs Model.fit on
+  pipeline:  src.data.train_dataset over the prepared images (memory-mapped, seeded shuffle, batch, prefetch),
   ceiling:   one prepared batch repeated from memory (no input work: the compute-only ceiling),
 reporting steady-state images/s, step time, and the first call's extra time (compile/XLA) separately.
 
@@ -30,12 +30,12 @@ def measure(cfg, m, policy: str, steps: int, batch: int) -> dict:
 
     from src.data import train_dataset
     from src.models import build_model
-    from src.train import compile_model
+    from src.optimizer import compile_model
 
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     out = {"policy": policy, "batch": batch}
-    pipe = train_dataset(m, batch, 0, 10000, drop_remainder=True).repeat()
+    pipe = train_dataset(m, batch, 0, drop_remainder=True).repeat()
     x, y = next(iter(pipe))
     ceiling = tf.data.Dataset.from_tensors((x, y)).repeat()
     # One model per policy (one compilation): the ceiling and the pipeline feed the same shapes.
@@ -75,10 +75,9 @@ def main() -> None:
 
     import keras
 
-    from src.common import compose
-    from src.data import load_manifests
-    from src.prepare import prepare
-    from src.train import accelerators
+    from src import manifests, prepare
+    from src.config import compose
+    from src.runtime import accelerators
 
     cases = [c for c in [("seed_cnn", "dogs_vs_cats", a.dogs), ("resnet_cifar", "cifar10", a.cifar)]
              if c[0] in a.models.split(",")]
@@ -87,7 +86,7 @@ def main() -> None:
         cfg = compose([f"dataset={ds}", f"model={model}", f"dataset.raw_dir={raw}", f"paths.processed={a.work}/processed",
                        "tracking.enabled=false", f"train.batch_size={a.batch}", "train.optimizer=sgd", "train.lr=0.01",
                        *a.overrides])
-        m = load_manifests(prepare(cfg))
+        m = manifests.load(prepare.run(cfg))
         for policy in a.policies.split(","):
             r = {"model": model, "image": f"{m.image_shape[0]}x{m.image_shape[1]}", "overrides": " ".join(a.overrides),
                  **measure(cfg, m, policy, a.steps, a.batch)}

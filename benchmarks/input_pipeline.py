@@ -10,7 +10,7 @@ every variant reads the same 2,002 training photos, 150x150x3, batches of 64 wit
   idg_aug         the same with the course's augmentation (rotation 40, shifts 0.2, shear, zoom, flip)
   idfd            keras.utils.image_dataset_from_directory(image_size=(150, 150), batch_size=64) + prefetch
   project         src.data.train_dataset (first epoch fills the cache; later epochs come from memory);
-                  augmentation runs inside the model (src/models.py), so this is what training consumes
+                  augmentation runs inside the model (src/models/layers.py), so this is what training consumes
   project_aug_cpu the project pipeline with the model's augmentation layers (augment=standard) mapped in
                   tf.data on the CPU instead (what it costs when the augmentation is not on the accelerator)
   project_before  the pipeline before issue 7 (per-image unbatch, cache, shuffle buffer, batch), for reference
@@ -45,14 +45,18 @@ TARGETS = {"first_vs_idg": 5.0, "first_vs_idfd": 2.0, "later_vs_idg": 10.0}
 
 
 # ------------------------------------------------------------------ parent: data set-up
+def _cfg(raw: Path, work: Path):
+    from src.config import compose
+
+    return compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={work / 'processed'}",
+                    "prepare.preview=false"])
+
+
 def prepare_data(raw: Path, work: Path) -> tuple[Path, Path]:
     """Run the project's prepare on the raw photos; build a cats/ dogs/ symlink tree of the same photos."""
-    from src.common import compose
-    from src.prepare import prepare
+    from src import prepare
 
-    cfg = compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={work / 'processed'}",
-                   "prepare.preview=false"])
-    processed = prepare(cfg)
+    processed = prepare.run(_cfg(raw, work)).processed
     import pandas as pd
 
     train = pd.read_csv(processed / "train.csv", dtype={"id": str})
@@ -110,7 +114,7 @@ COURSE_AUG = dict(rotation_range=40, width_shift_range=0.2, height_shift_range=0
                   horizontal_flip=True)
 
 
-def child(variant: str, processed: Path, tree: Path, epochs: int) -> dict:
+def child(variant: str, raw: Path, work: Path, tree: Path, epochs: int) -> dict:
     t_import = time.perf_counter()
     import tensorflow as tf
 
@@ -151,9 +155,11 @@ def child(variant: str, processed: Path, tree: Path, epochs: int) -> dict:
     else:
         import pandas as pd
 
-        from src.data import load_manifests, train_dataset
+        from src import manifests
+        from src.data import train_dataset
+        from src.paths import Layout
 
-        m = load_manifests(processed)
+        m = manifests.load(Layout(_cfg(raw, work)))
         df = pd.concat([m.train, m.val]).sort_values("index").reset_index(drop=True)  # all 2,002 photos
         t0, c0 = time.perf_counter(), time.process_time()
         if variant == "project_before":
@@ -163,8 +169,8 @@ def child(variant: str, processed: Path, tree: Path, epochs: int) -> dict:
         if variant == "project_aug_cpu":
             import keras
 
-            from src.common import compose
-            from src.models import augmentation
+            from src.config import compose
+            from src.models.layers import augmentation
 
             aug = keras.Sequential(augmentation(compose(["augment=standard"]).augment, SEED))
             ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -186,14 +192,14 @@ def child(variant: str, processed: Path, tree: Path, epochs: int) -> dict:
     return res
 
 
-def _train_dataset_before(m, batch_size, seed, df, shuffle_buffer=10000):
+def _train_dataset_before(m, batch_size, seed, df, shuffle_buffer=10000, chunk=512):
     """src.data.train_dataset as it was before issue 7 (commit 52c9beb), kept here to measure the change."""
     import tensorflow as tf
 
-    from src.data import CHUNK, _source, encode_labels
+    from src.data import _source, encode_labels
 
     y = encode_labels(df["label"].to_numpy(), m.num_classes)
-    ds = _source(m.processed / "train.npy", df["index"].to_numpy(), y, m.image_shape, CHUNK).unbatch()
+    ds = _source(m.train_images, df["index"].to_numpy(), y, m.image_shape, chunk).unbatch()
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(df))).cache()
     ds = ds.shuffle(min(shuffle_buffer, len(df)) or 1, seed=seed, reshuffle_each_iteration=True)
     return ds.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
@@ -269,8 +275,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         long = a.variant in ("project", "project_before")
-        bu.emit(child(a.variant, a.work / "processed" / "dogs_vs_cats", a.work / "tree",
-                      a.project_epochs if long else a.epochs))
+        bu.emit(child(a.variant, a.raw, a.work, a.work / "tree", a.project_epochs if long else a.epochs))
         return
 
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
@@ -295,8 +300,8 @@ def main() -> None:
         results = {}
         for v in variants:
             warm(v)
-            res = bu.run_child(__file__, ["--variant", v, "--work", str(a.work), "--epochs", str(a.epochs),
-                                          "--project-epochs", str(a.project_epochs)])
+            res = bu.run_child(__file__, ["--variant", v, "--raw", str(a.raw), "--work", str(a.work),
+                                          "--epochs", str(a.epochs), "--project-epochs", str(a.project_epochs)])
             res["load_avg_after"] = bu.load()
             results[v] = res
             print(f"  round {r + 1} {v:16s} " + " ".join(f"{x:8,.0f}" for x in res["img_s"]) + " img/s  ("

@@ -6,9 +6,10 @@
 
 Measures, each in its own process (peak memory is its own):
 
-  prepare_cifar   src.prepare.prepare() on the CIFAR-10 layout: the 10,000 test PNGs of ../shared/data/cifar10
+  prepare_cifar   src.prepare.run() on the CIFAR-10 layout: the 10,000 test PNGs of ../shared/data/cifar10
                   (plus 1,000 training PNGs, which prepare needs), all cores; img/s over all 11,000
-  cifar_predict   src.evaluate.predict_proba over src.data.test_dataset (what src.predict runs, batch 256),
+  cifar_predict   src.inference.predict_proba over src.data.test_dataset (what src.inference runs for predict's
+                  test.csv, batch 256),
                   model=resnet_cifar with untrained weights, 32x32, on the first --cifar-images test images
   dvc_predict     the same with model=seed_cnn on the 500 Dogs vs Cats test photos at 150x150
   stream          a synthetic 300,000-image test.npy (32x32x3 uint8, ~880 MB in /tmp, the real CIFAR test images
@@ -55,14 +56,15 @@ def overrides(dataset: str, raw: Path, processed: Path) -> list[str]:
 
 # ------------------------------------------------------------------ children
 def child_prepare(args) -> dict:
-    from src.common import compose, read_json
-    from src.prepare import prepare
+    from src import prepare
+    from src.config import compose
+    from src.files import read_json
 
     shutil.rmtree(args.processed / "cifar10", ignore_errors=True)
     t0 = time.perf_counter()
-    out = prepare(compose(overrides("cifar10", args.raw, args.processed)))
+    lay = prepare.run(compose(overrides("cifar10", args.raw, args.processed)))
     dt = time.perf_counter() - t0
-    rep = read_json(out / "report.json")
+    rep = read_json(lay.report)
     n = rep["train_images"] + rep["val_images"] + rep["test_images"]
     return {"images": n, "test_images": rep["test_images"], "seconds": dt, "img_s": n / dt,
             "peak_rss_parent_mb": bu.peak_rss_mb()}
@@ -89,16 +91,19 @@ class _Memory:
 def child_predict(args) -> dict:
     import keras
 
-    from src.common import compose
-    from src.data import load_manifests, test_dataset
-    from src.evaluate import predict_proba
+    from src import manifests
+    from src.config import compose
+    from src.data import test_dataset
+    from src.inference import predict_proba
     from src.models import build_model
+    from src.paths import Layout
 
     keras.config.set_dtype_policy("float32")
-    m = load_manifests(args.processed / args.dataset_name)
+    cfg = compose([f"dataset={args.dataset_name}", f"paths.processed={args.processed}"]
+                  + ([f"model={args.model}"] if args.model != "tiny" else []))
+    m = manifests.load(Layout(cfg))
     if args.limit:
         m.test = m.test.head(args.limit).reset_index(drop=True)
-    cfg = compose([f"dataset={args.dataset_name}"] + ([f"model={args.model}"] if args.model != "tiny" else []))
     if args.model == "tiny":
         model = keras.Sequential([keras.Input(m.image_shape), keras.layers.Rescaling(1 / 255),
                                   keras.layers.GlobalAveragePooling2D(),
@@ -187,11 +192,11 @@ def main() -> None:
     if "cifar" not in skip:
         predict("cifar_predict", "cifar10", cifar_proc, "resnet_cifar", a.cifar_images)
     if "dvc" not in skip:
-        from src.common import compose
-        from src.prepare import prepare
+        from src import prepare
+        from src.config import compose
 
         dvc_proc = a.work / "processed"
-        prepare(compose(overrides("dogs_vs_cats", a.dvc_raw, dvc_proc)))
+        prepare.run(compose(overrides("dogs_vs_cats", a.dvc_raw, dvc_proc)))
         predict("dvc_predict", "dogs_vs_cats", dvc_proc, "seed_cnn")
     if "stream" not in skip:
         stream_root = a.work / "stream"

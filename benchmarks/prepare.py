@@ -93,8 +93,9 @@ def child_plain(raw: Path, save: bool) -> dict:
 def child_project(raw: Path, processed: Path, workers: int) -> dict:
     import resource
 
-    from src.common import compose, read_json
-    from src.prepare import prepare
+    from src import prepare
+    from src.config import compose
+    from src.files import read_json
 
     shutil.rmtree(processed, ignore_errors=True)
     cfg = compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={processed}",
@@ -104,15 +105,15 @@ def child_project(raw: Path, processed: Path, workers: int) -> dict:
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     t0, c0 = time.perf_counter(), cpu()
-    out = prepare(cfg)
+    lay = prepare.run(cfg)
     dt, cpu_s = time.perf_counter() - t0, cpu() - c0
-    rep = read_json(out / "report.json")
+    rep = read_json(lay.report)
     n = rep["train_images"] + rep["val_images"] + rep["test_images"] + rep["skipped_count"]
     res = {"images": n, "seconds": dt, "img_s": n / dt, "cpu_seconds": cpu_s, "img_cpu_s": n / cpu_s,
            "workers": workers or os.cpu_count(),
            "skipped": rep["skipped_count"], "peak_rss_parent_vmhwm_mb": bu.peak_rss_mb(),
            "peak_rss_largest_worker_getrusage_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-           "train_npy_mb": round((out / "train.npy").stat().st_size / 2**20, 1)}
+           "train_npy_mb": round(lay.train_images.stat().st_size / 2**20, 1)}
     shutil.rmtree(processed, ignore_errors=True)
     return res
 

@@ -1,6 +1,7 @@
 """Train an experiment several times through the project's own commands and score each submission CSV.
 
-Each repeat runs `python -m src.train +experiment=<x> seed=<i> name=<x>-<i>` then `python -m src.predict ...`,
+Each repeat runs `python -m src.train +experiment=<x> seed=<i> name=<x>-<i>` then `python -m src.predict ...` (which
+evaluates first),
 and scores submissions/<dataset>-<name>.csv against labels Kaggle keeps hidden (CIFAR-10:
 ../shared/data/cifar10/test_labels_for_benchmarks.csv, read only here, never by training). Time is taken
 from the run's history: the first epoch (which includes compiling) is reported apart from the rest.
@@ -58,7 +59,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    from src.common import Layout, compose, read_json
+    from src.config import compose
+    from src.files import read_json
+    from src.paths import Layout
 
     runs = []
     for i in range(a.repeats):

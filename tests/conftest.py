@@ -1,7 +1,9 @@
-"""Shared fixtures: every test writes under its own tmp folder (never into the project's data/ or mlflow.db)."""
+"""Shared helpers and fixtures: every test writes under its own tmp folder (never into the project's data/ or
+mlflow.db)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,24 +23,24 @@ TINY = ["dataset=demo", "dataset.image_size=48", "dataset.demo.n_train_per_class
 def path_overrides(base: Path) -> list[str]:
     """Point every output (and the MLflow store) into base."""
     return [f"paths.raw={base}/raw", f"paths.processed={base}/processed", f"paths.models={base}/models",
-            f"paths.metrics={base}/metrics", f"paths.plots={base}/plots", f"paths.submissions={base}/submissions",
+            f"paths.metrics={base}/metrics", f"paths.plots={base}/plots", f"paths.predictions={base}/predictions",
+            f"paths.submissions={base}/submissions",
             f"tracking.uri=sqlite:///{base}/mlflow.db"]
 
 
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    return tmp_path
-
-
-@pytest.fixture
-def overrides(tmp_path: Path) -> list[str]:
-    return path_overrides(tmp_path)
-
-
 def compose(*overrides: str):
-    from src.common import compose as _compose
+    from src.config import compose as _compose
 
     return _compose(list(overrides))
+
+
+def checked(stage: str | None, *overrides: str):
+    """The composed config, checked as the command line checks it for `stage` (src.config.check)."""
+    from src.config import check
+
+    cfg = compose(*overrides)
+    check(cfg, stage)
+    return cfg
 
 
 def run_cli(module: str, *overrides: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -46,3 +48,63 @@ def run_cli(module: str, *overrides: str, env: dict | None = None, timeout: int 
     e = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *overrides], cwd=ROOT, capture_output=True, text=True,
                           env=e, timeout=timeout)
+
+
+def dogs_cfg(base: Path, raw: Path, *extra: str, stage: str = "prepare"):
+    """Dogs vs Cats at 48x48 from the raw folder `raw`, outputs under base, checked for `stage`."""
+    return checked(stage, *path_overrides(base), "dataset=dogs_vs_cats", f"dataset.raw_dir={raw}",
+                   "dataset.image_size=48", "prepare.workers=1", "prepare.preview=false", *extra)
+
+
+def cifar_cfg(base: Path, raw: Path, *extra: str, stage: str = "prepare"):
+    """CIFAR-10 from the raw folder `raw`, outputs under base, checked for `stage`."""
+    return checked(stage, *path_overrides(base), "dataset=cifar10", f"dataset.raw_dir={raw}", "prepare.workers=1",
+                   "prepare.preview=false", *extra)
+
+
+# ------------------------------------------------------------------ one tiny trained demo model, shared
+def demo_overrides(base: Path, *extra: str) -> list[str]:
+    """The tiny demo run with every output under base and tracking off (what demo_trained was made with)."""
+    return [*TINY, *path_overrides(base), "tracking.enabled=false", *extra]
+
+
+@pytest.fixture(scope="session")
+def demo_trained(tmp_path_factory) -> Path:
+    """The tiny demo prepared and a seed CNN trained on it (one epoch, tracking off; its prediction files written
+    by train), made once. Read only: a module that changes anything works on its own copy (copy_run)."""
+    from src import pipeline
+
+    base = tmp_path_factory.mktemp("demo_trained")
+    pipeline.run(checked("train", *demo_overrides(base)), "train")
+    return base
+
+
+def copy_run(src: Path, dst: Path, parts: tuple[str, ...] = ("raw", "processed", "models")) -> Path:
+    """Copy the given output folders of a run (times kept, so prepare's fingerprint still matches)."""
+    for part in parts:
+        if (src / part).exists():
+            shutil.copytree(src / part, dst / part)
+    return dst
+
+
+def model_probs(base: Path, split: str, flip: bool = False, model_file: Path | None = None):
+    """The demo manifest of a split ("val" or "test") and the trained model's raw P(dog) for its rows, in manifest
+    order, computed here independently of src.inference (flip: of the mirrored images)."""
+    import keras
+    import numpy as np
+    import pandas as pd
+
+    import src.models  # noqa: F401  (registers the custom layers: the model loads without custom_objects)
+
+    proc = base / "processed" / "demo"
+    model = keras.saving.load_model(model_file or base / "models" / "demo" / "seed_cnn" / "model.keras")
+    if split == "val":
+        df = pd.read_csv(proc / "train.csv", dtype={"id": str}).query("fold == 'val'").reset_index(drop=True)
+        arr = np.load(proc / "train.npy")
+    else:
+        df = pd.read_csv(proc / "test.csv")
+        arr = np.load(proc / "test.npy")
+    x = arr[df["index"].to_numpy()]
+    if flip:
+        x = x[:, :, ::-1]
+    return df, model.predict(x, verbose=0)[:, 0].astype(np.float64)

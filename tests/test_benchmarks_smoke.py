@@ -1,5 +1,5 @@
-"""The benchmark scripts (benchmarks/) start and their shared helpers work; the benchmarks themselves are
-run by hand (benchmarks/README.md), not in the test suite."""
+"""The benchmark scripts (benchmarks/): each starts (--help), every name it imports from src still exists, and
+their shared helpers work. The benchmarks themselves are run by hand (benchmarks/README.md), not in the suite."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ["input_pipeline.py", "prepare.py", "predict.py"]
+SCRIPTS = ["input_pipeline.py", "prepare.py", "predict.py", "gpu_train.py", "time_to_accuracy.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -29,3 +29,19 @@ def test_benchutil_table_and_memory():
     assert bu.peak_rss_mb() >= bu.rss_mb() * 0.5 > 0
     failures: list[str] = []
     assert bu.check(False, "thing", failures).startswith("FAIL") and failures == ["thing"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_scripts_use_the_current_src_api(script):
+    """Every `from src... import name` in a benchmark (most sit inside functions) names something src still has."""
+    import ast
+    import importlib
+
+    tree = ast.parse((ROOT / "benchmarks" / script).read_text())
+    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module and node.module.split(".")[0] == "src" for alias in node.names]
+    assert imported, "the benchmark no longer uses the project"
+    missing = [f"{module}.{name}" for module, name in imported
+               if not hasattr(importlib.import_module(module), name)
+               and importlib.util.find_spec(f"{module}.{name}") is None]
+    assert missing == []

@@ -1,5 +1,9 @@
-"""CIFAR-10 through the same stages (issue 3), on tiny CIFAR-shaped data: 32x32 PNGs, trainLabels.csv with class
-names (ids shuffled across classes), test/1..12.png, sampleSubmission.csv; a narrow resnet_cifar, one epoch."""
+"""CIFAR-10 through every stage, on tiny CIFAR-shaped data: 32x32 PNGs, trainLabels.csv with class names (ids shuffled
+across classes), test/1..12.png, sampleSubmission.csv; a narrow resnet_cifar, one epoch. The dataset picks its own
+model and size; prepare keeps the PNGs' own pixels and maps every label back to its class name; train writes ten-
+class prediction files; evaluate scores them (sklearn's log loss) with a confusion matrix; predict writes one class
+name per test id, the model's argmax. Bad labels CSVs and 7z archives: test_rawdata.py.
+"""
 from __future__ import annotations
 
 import json
@@ -10,16 +14,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import compose, path_overrides
+from conftest import checked, compose, path_overrides
 from imagegen import CIFAR_CLASSES, cifar
-from src.common import UserError
-from src.prepare import prepare
+from src import prepare
 
 N_PER_CLASS, N_TEST = 6, 12
 
 
-def _cfg(base: Path, *extra: str):
-    return compose("dataset=cifar10", "model.widths=[8,16,16,32]", "train.epochs=1", "train.batch_size=16",
+def _cfg(base: Path, *extra: str, stage: str = "train"):
+    return checked(stage, "dataset=cifar10", "model.widths=[8,16,16,32]", "train.epochs=1", "train.batch_size=16",
                    "dataset.val_fraction=0.34", "prepare.workers=1", "tracking.enabled=false",
                    *path_overrides(base), *extra)
 
@@ -28,13 +31,13 @@ def _cfg(base: Path, *extra: str):
 def data(tmp_path_factory):
     base = tmp_path_factory.mktemp("cifar")
     _, truth = cifar(base / "raw" / "cifar10", n_per_class=N_PER_CLASS, n_test=N_TEST)
-    out = prepare(_cfg(base))
+    out = prepare.run(_cfg(base, stage="prepare")).processed
     return base, out, truth
 
 
 def test_config_picks_cifar_defaults():
     cfg = compose("dataset=cifar10")
-    assert cfg.model.name == "resnet_cifar" and cfg.dataset.image_size == 32 and cfg.dataset.submission == "class_name"
+    assert cfg.model.name == cfg.model.arch == "resnet_cifar" and cfg.dataset.image_size == 32 and cfg.dataset.submission == "class_name"
     assert list(cfg.dataset.classes) == CIFAR_CLASSES
     assert compose("dataset=cifar10", "model=seed_cnn").model.name == "seed_cnn"  # still overridable
 
@@ -72,20 +75,29 @@ def test_label_index_maps_back_to_the_true_class(data):
 def test_train_evaluate_predict(data):
     import keras
 
-    from src.evaluate import evaluate
-    from src.models import CUSTOM_OBJECTS
-    from src.predict import predict
-    from src.train import train
+    import src.models  # noqa: F401  (registers the custom layers: the model loads without custom_objects)
+    from src import evaluate, predict, train
 
     base, out, truth = data
     cfg = _cfg(base)
-    summary = train(cfg)
+    summary = train.run(cfg)
     assert summary["epochs_run"] == 1
-    model_path = base / "models" / "cifar10" / "resnet_cifar" / "model.keras"
-    model = keras.saving.load_model(model_path, custom_objects=CUSTOM_OBJECTS)
+    model_dir = base / "models" / "cifar10" / "resnet_cifar"
+    model = keras.saving.load_model(model_dir / "model.keras")
     assert model.name == "resnet_cifar" and model.output_shape == (None, 10)
+    xt, test = np.load(out / "test.npy"), pd.read_csv(out / "test.csv")
+    p = model.predict(xt[test["index"].to_numpy()], verbose=0)
 
-    metrics = evaluate(cfg)
+    # the prediction files: one column per class, rows of probabilities, the model's own
+    columns = [f"p_{c}" for c in CIFAR_CLASSES]
+    val_csv = pd.read_csv(model_dir / "predictions" / "val.csv", dtype={"id": str})
+    test_csv = pd.read_csv(model_dir / "predictions" / "test.csv")
+    assert list(val_csv.columns) == ["id", "label", *columns] and list(test_csv.columns) == ["id", "ok", *columns]
+    assert len(val_csv) == 20 and test_csv["id"].tolist() == list(range(1, N_TEST + 1))
+    np.testing.assert_allclose(test_csv[columns].to_numpy(), p, atol=1e-6)
+    np.testing.assert_allclose(val_csv[columns].sum(axis=1), 1.0, atol=1e-5)
+
+    metrics = evaluate.run(cfg)
     assert list(metrics["per_class_accuracy"]) == CIFAR_CLASSES
     plots = base / "plots" / "cifar10" / "resnet_cifar"
     cm = json.loads((plots / "confusion_matrix.json").read_text())
@@ -97,66 +109,17 @@ def test_train_evaluate_predict(data):
     vp = pd.read_csv(plots / "val_predictions.csv")
     probs = vp[[f"p_{c}" for c in CIFAR_CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert list(vp.columns[:3]) == ["id", "label", "predicted"] and (vp["predicted"] == probs.argmax(axis=1)).all()
     from sklearn.metrics import log_loss
 
     assert metrics["val_log_loss"] == pytest.approx(log_loss(vp["label"], probs, labels=list(range(10))), rel=1e-9)
 
-    record = predict(cfg)
+    record = predict.run(cfg)
     csv = base / "submissions" / "cifar10-resnet_cifar.csv"
     assert record["rows"] == N_TEST
     assert csv.read_text().splitlines()[0] == "id,label"
     sub = pd.read_csv(csv)
     assert sub["id"].tolist() == list(range(1, N_TEST + 1))  # 10, 11, 12 after 9
     assert sub["label"].isin(CIFAR_CLASSES).all()
-    test = pd.read_csv(out / "test.csv")
-    xt = np.load(out / "test.npy")
-    p = model.predict(xt[test["index"].to_numpy()], verbose=0)
     expected = dict(zip(test["id"], np.asarray(CIFAR_CLASSES)[p.argmax(axis=1)]))
     assert sub.set_index("id")["label"].to_dict() == expected
-
-
-def _seven_zip(folder: Path, archive: Path) -> None:
-    py7zr = pytest.importorskip("py7zr")
-    with py7zr.SevenZipFile(archive, "w") as z:
-        z.writeall(folder, arcname=folder.name)
-
-
-def test_7z_archives_are_unpacked(tmp_path: Path):
-    src, truth = cifar(tmp_path / "src", n_per_class=2, n_test=4)
-    raw = tmp_path / "raw" / "cifar10"
-    raw.mkdir(parents=True)
-    _seven_zip(src / "train", raw / "train.7z")
-    _seven_zip(src / "test", raw / "test.7z")
-    for f in ("trainLabels.csv", "sampleSubmission.csv"):
-        (raw / f).write_text((src / f).read_text())
-    out = prepare(_cfg(tmp_path, "dataset.val_fraction=0.5"))
-    assert len(list((raw / "train").glob("*.png"))) == 20 and len(list((raw / "test").glob("*.png"))) == 4
-    train = pd.read_csv(out / "train.csv", dtype={"id": str})
-    assert dict(zip(train["id"].astype(int), train["class"])) == truth
-    assert np.load(out / "test.npy").shape == (4, 32, 32, 3)
-
-
-@pytest.mark.parametrize("breakage, message", [
-    ("unknown_class", "unknown class name"),
-    ("duplicate_id", "appears 2 times"),
-    ("missing_test_image", "sampleSubmission.csv"),
-    ("bad_header", "id,label"),
-])
-def test_bad_input_is_a_clear_error(tmp_path: Path, breakage: str, message: str):
-    raw, truth = cifar(tmp_path / "raw" / "cifar10", n_per_class=2, n_test=4)
-    labels = raw / "trainLabels.csv"
-    if breakage == "unknown_class":
-        labels.write_text(labels.read_text().replace(f"\n3,{truth[3]}\n", "\n3,kitten\n"))
-    elif breakage == "duplicate_id":
-        labels.write_text(labels.read_text() + f"7,{truth[7]}\n")
-    elif breakage == "missing_test_image":
-        (raw / "test" / "3.png").unlink()
-    elif breakage == "bad_header":
-        labels.write_text("image,class\n" + labels.read_text().split("\n", 1)[1])
-    with pytest.raises(UserError, match=message) as e:
-        prepare(_cfg(tmp_path, "dataset.val_fraction=0.5"))
-    assert "\n" not in str(e.value)
-    if breakage == "unknown_class":
-        assert "kitten" in str(e.value)
-    if breakage == "missing_test_image":
-        assert "e.g. 3" in str(e.value)

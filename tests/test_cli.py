@@ -1,18 +1,23 @@
-"""The command line end to end (issue 2), as a user runs it: `python -m src.<stage> overrides...` in subprocesses.
-
-One tiny demo pipeline (train -> evaluate -> predict), one run proving that `model`/`dataset` overrides take effect,
-and bad input: a non-zero exit status, a clear one-line message, never a traceback."""
+"""The command line as a user runs it (src/cli.py): `python -m src.<stage> overrides...` in subprocesses. One tiny demo
+pipeline end to end (train, which prepares first, then evaluate and predict), one run proving that `model`/`dataset`
+overrides take effect, and mistakes: a bad value, an unknown key or group option, a missing raw folder, an empty
+test folder, ids that do not pair up. Each is exit status 2 and exactly one line on stderr (`error: ...`, naming the
+key or file), never a traceback, and nothing generated, prepared, trained or tracked. Ctrl-C and SIGTERM end a
+command with 130 and 143 (in process here; a real training run: test_train.py).
+"""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import TINY, path_overrides, run_cli
-from imagegen import dogs_vs_cats
+from conftest import TINY, compose, path_overrides, run_cli
+from imagegen import dogs_vs_cats, small_dogs_vs_cats
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +25,11 @@ pytestmark = pytest.mark.slow
 def _ov(base: Path) -> list[str]:
     """Every output, the MLflow store and Hydra's run folder under base (nothing lands in the project)."""
     return [*path_overrides(base), f"hydra.run.dir={base}/hydra"]
+
+
+def _outputs(base: Path) -> list[Path]:
+    """Every file a command left under base, besides Hydra's own run folder (and the raw data given to it)."""
+    return [p for p in base.rglob("*") if p.is_file() and not {"hydra", "raw"} & set(p.relative_to(base).parts)]
 
 
 def _model_name(path: Path) -> str:
@@ -33,11 +43,22 @@ def _ok(r) -> None:
     assert "Traceback" not in r.stderr
 
 
+def _one_error_line(r, *needles: str) -> str:
+    """Exit 2, exactly one line on stderr, starting with `error:` and holding every needle; no traceback."""
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stderr[-3000:]}"
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and all(n in lines[0] for n in needles), lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ it works
 def test_demo_pipeline_end_to_end(tmp_path: Path):
     ov = [*TINY, *_ov(tmp_path)]
     r = run_cli("src.train", *ov, "train.epochs=2")
     _ok(r)
-    assert "running prepare first" in r.stdout  # no processed data yet: train prepared it
+    assert "train: the prepare stage's outputs are missing or out of date; running prepare first" in r.stdout
     processed = tmp_path / "processed" / "demo"
     assert (processed / "train.csv").is_file() and (processed / "test.csv").is_file()
     model_dir = tmp_path / "models" / "demo" / "seed_cnn"
@@ -46,14 +67,18 @@ def test_demo_pipeline_end_to_end(tmp_path: Path):
     assert _model_name(model_dir / "model.keras") == "seed_cnn"
     run = json.loads((model_dir / "run.json").read_text())
     assert run["epochs_run"] == 2 and run["run_id"]
+    assert sorted(p.name for p in (model_dir / "predictions").iterdir()) == ["test.csv", "test.json", "val.csv",
+                                                                             "val.json"]
 
     r = run_cli("src.evaluate", *ov)
     _ok(r)
+    assert "first" not in r.stdout  # prepare current, the model there: evaluate alone
     metrics = json.loads((tmp_path / "metrics" / "demo" / "seed_cnn.json").read_text())
     assert metrics["n_val"] == 10 and metrics["run_id"] == run["run_id"] and 0 < metrics["val_log_loss"] < 5
 
     r = run_cli("src.predict", *ov)
     _ok(r)
+    assert "first" not in r.stdout  # evaluate current: predict alone
     csv = tmp_path / "submissions" / "demo-seed_cnn.csv"
     assert csv.read_text().splitlines()[0] == "id,label"
     sub = pd.read_csv(csv)
@@ -80,20 +105,35 @@ def test_model_and_dataset_overrides_take_effect(tmp_path: Path):
     assert report["image_size"] == 40 and report["train_images"] + report["val_images"] == 16
 
 
-def _one_error_line(r, *needles: str) -> str:
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr + r.stdout
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert lines, "no message on stderr"
-    assert all(n in lines[0] for n in needles), lines[0]
-    return lines[0]
+# ------------------------------------------------------------------ mistakes: one line, exit 2, no work
+@pytest.mark.parametrize("module, override, shown, allowed", [
+    ("src.train", "train.epochs=0", "train.epochs=0", "expected an integer >= 1"),
+    ("src.evaluate", "train.precision=fp8", "train.precision='fp8'",
+     "expected one of auto, float32, mixed_float16, mixed_bfloat16"),
+    ("src.prepare", "dataset.val_fraction=1.5", "dataset.val_fraction=1.5", "expected a number in (0, 1)"),
+])
+def test_bad_config_value(tmp_path: Path, module: str, override: str, shown: str, allowed: str):
+    r = run_cli(module, *_ov(tmp_path), "dataset=demo", override)
+    _one_error_line(r, f"error: config error: {shown} is not allowed", allowed)
+    assert _outputs(tmp_path) == [] and not (tmp_path / "raw").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("module, override, needles", [
+    ("src.train", "train.nope=1", ["Could not override 'train.nope'", "+train.nope=1"]),
+    ("src.predict", "model=nope", ["Could not find 'model/nope'", "Available options in 'model': airbench,",
+                                 "seed_cnn"]),
+    ("src.prepare", "train.foo=1", ["train.foo"]),
+])
+def test_unknown_key_or_group_option(tmp_path: Path, module: str, override: str, needles: list[str]):
+    r = run_cli(module, *_ov(tmp_path), "dataset=demo", override)
+    _one_error_line(r, *needles, "(groups and keys are in conf/)")
+    assert _outputs(tmp_path) == [] and not (tmp_path / "raw").exists()
 
 
 def test_missing_raw_folder(tmp_path: Path):
     r = run_cli("src.train", *_ov(tmp_path), "dataset=dogs_vs_cats")
-    assert r.returncode == 2
-    line = _one_error_line(r, "error:", str(tmp_path / "raw" / "dogs_vs_cats"), "not found")
-    assert r.stderr.strip() == line  # exactly one line
+    _one_error_line(r, str(tmp_path / "raw" / "dogs_vs_cats"), "not found")
+    assert _outputs(tmp_path) == []
 
 
 def test_empty_test_folder(tmp_path: Path):
@@ -101,20 +141,41 @@ def test_empty_test_folder(tmp_path: Path):
     for p in (raw / "test").iterdir():
         p.unlink()
     r = run_cli("src.prepare", *_ov(tmp_path), "dataset=dogs_vs_cats", "prepare.workers=1")
-    assert r.returncode == 2
-    line = _one_error_line(r, "error:", "test")
-    assert r.stderr.strip() == line
+    _one_error_line(r, str(raw / "test"), "no test images")
+    assert not (tmp_path / "processed").exists()
 
 
-def test_bad_config_value(tmp_path: Path):
-    r = run_cli("src.train", *_ov(tmp_path), "dataset=demo", "train.epochs=0")
-    assert r.returncode == 2
-    _one_error_line(r, "train.epochs")
-    assert not (tmp_path / "raw").exists()  # stopped before any work
+def test_bad_ids_through_the_cli(tmp_path: Path):
+    """A user-facing data error: exit 2, one line on stderr starting with 'error:', no traceback, no outputs."""
+    raw = small_dogs_vs_cats(tmp_path / "raw")
+    (raw / "test" / "2.jpg").unlink()
+    r = run_cli("src.prepare", *_ov(tmp_path), "dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", "prepare.workers=1")
+    _one_error_line(r, "disagrees with sample_submission.csv", "(e.g. 2)")
+    assert not (tmp_path / "processed").exists()
 
 
-@pytest.mark.parametrize("override, needle", [("train.nope=1", "train.nope"), ("model=nope", "model/nope")])
-def test_unknown_key_or_group_option(tmp_path: Path, override: str, needle: str):
-    r = run_cli("src.train", *_ov(tmp_path), "dataset=demo", override)
-    _one_error_line(r, needle)
-    assert not (tmp_path / "raw").exists()
+# ------------------------------------------------------------------ interrupted: 130 and 143
+@pytest.mark.parametrize("how, code, line", [
+    ("ctrl_c", 130, "interrupted"),
+    ("sigterm", 143, "interrupted (SIGTERM)"),
+    ("sigint", 130, "interrupted"),
+    ("user_error", 2, "error: the message"),
+])
+def test_exit_codes(how: str, code: int, line: str, capsys):
+    from src import cli
+    from src.errors import UserError
+
+    def task(cfg):
+        if how == "ctrl_c":
+            raise KeyboardInterrupt
+        if how == "user_error":
+            raise UserError("the message")
+        os.kill(os.getpid(), signal.SIGTERM if how == "sigterm" else signal.SIGINT)  # unwinds like Ctrl-C
+        pytest.fail("the signal did not interrupt the task")
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        cli.run("demo-task", compose(), task)
+    assert e.value.code == code
+    assert capsys.readouterr().err.strip() == line
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handlers are put back

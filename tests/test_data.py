@@ -1,18 +1,21 @@
-"""tf.data pipelines (issue 2/3): batch shapes and dtypes, label encoding, seeded shuffling, order-keeping
-validation/test pipelines, flips. Images are identified by their pixels, so order checks are exact."""
+"""The tf.data input pipelines (src/data.py) over prepare's manifests and image arrays. Batch shapes and dtypes (uint8
+images, float32 labels: [B, 1] for two classes, one-hot for more), every image once an epoch with its own label,
+seeded shuffling that reshuffles each epoch, epoch streams whose epoch e depends on (seed, e) only (what makes
+resume exact), validation and test pipelines in manifest order (cached or not), flips, and MixUp/CutMix (labels
+mixed in the images' proportions, stateless per step). Images are identified by their pixels, so order checks are
+exact.
+"""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import compose, path_overrides
+from conftest import checked, path_overrides
 from imagegen import cifar, dogs_vs_cats
-from src.prepare import prepare
+from src import manifests, prepare
 
 tf = pytest.importorskip("tensorflow")
-from src.data import encode_labels, load_manifests, steps_per_epoch, train_dataset, val_dataset  # noqa: E402
+from src.data import encode_labels, map_rows, steps_per_epoch, train_dataset, val_dataset  # noqa: E402
 from src.data import test_dataset as make_test_dataset  # noqa: E402  (not a pytest test)
 
 SIZE = 48
@@ -22,9 +25,9 @@ SIZE = 48
 def binary(tmp_path_factory):
     base = tmp_path_factory.mktemp("binary")
     dogs_vs_cats(base / "raw" / "dogs_vs_cats", n_per_class=10, n_test=12)
-    out = prepare(compose("dataset=dogs_vs_cats", f"dataset.image_size={SIZE}", "prepare.workers=1",
-                          *path_overrides(base)))
-    return load_manifests(out)
+    lay = prepare.run(checked("prepare", "dataset=dogs_vs_cats", f"dataset.image_size={SIZE}", "prepare.workers=1",
+                              *path_overrides(base)))
+    return manifests.load(lay)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,13 @@ def three(tmp_path_factory):
     base = tmp_path_factory.mktemp("three")
     classes = ["airplane", "automobile", "bird"]
     cifar(base / "raw" / "cifar10", n_per_class=6, n_test=5, classes=classes)
-    out = prepare(compose("dataset=cifar10", f"dataset.classes=[{','.join(classes)}]", "dataset.val_fraction=0.34",
-                          "prepare.workers=1", *path_overrides(base)))
-    return load_manifests(out)
+    lay = prepare.run(checked("prepare", "dataset=cifar10", f"dataset.classes=[{','.join(classes)}]",
+                              "dataset.val_fraction=0.34", "prepare.workers=1", *path_overrides(base)))
+    return manifests.load(lay)
 
 
 def _images(m, split="train"):
-    return np.load(m.processed / f"{split}.npy")
+    return np.load(m.train_images if split == "train" else m.test_images)
 
 
 def _key(img: np.ndarray) -> bytes:
@@ -104,8 +107,7 @@ def test_shuffle_is_seeded_and_reshuffles_each_epoch(binary):
     assert first != sorted(first)                                         # it is shuffled at all
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_epoch_stream_depends_on_seed_and_epoch_only(binary, cache):
+def test_epoch_stream_depends_on_seed_and_epoch_only(binary):
     """first_epoch=k: endless epochs k, k+1, ...; epoch e's batches are the same whichever epoch the stream
     started at (what makes a resumed run train on exactly what an uninterrupted one would)."""
     m = binary
@@ -113,7 +115,7 @@ def test_epoch_stream_depends_on_seed_and_epoch_only(binary, cache):
     assert steps == 4  # 16 images: 5, 5, 5, 1 (no batch straddles two epochs)
 
     def epochs(first: int, n: int) -> list[list[int]]:
-        it = iter(train_dataset(m, batch_size=5, seed=7, cache=cache, first_epoch=first))
+        it = iter(train_dataset(m, batch_size=5, seed=7, first_epoch=first))
         out = []
         for _ in range(n):
             batches = [next(it) for _ in range(steps)]
@@ -136,6 +138,11 @@ def test_validation_and_test_keep_manifest_order(binary):
     np.testing.assert_array_equal(y[:, 0], m.val["label"].to_numpy())
     x2, _ = _epoch(val_dataset(m, batch_size=3))
     np.testing.assert_array_equal(x, x2)
+    cached = val_dataset(m, batch_size=3, cache=True)  # what training validates on after every epoch
+    for _ in range(2):
+        xc, yc = _epoch(cached)
+        np.testing.assert_array_equal(xc, x)
+        np.testing.assert_array_equal(yc, y)
     batches = [b.numpy() for b in make_test_dataset(m, batch_size=5)]
     assert [len(b) for b in batches] == [5, 5, 2]
     np.testing.assert_array_equal(np.concatenate(batches), tarr[m.test["index"].to_numpy()])
@@ -151,6 +158,20 @@ def test_flip_mirrors_images_horizontally(binary):
     t = np.concatenate([b.numpy() for b in make_test_dataset(m, batch_size=4, flip=True)])
     np.testing.assert_array_equal(t, tarr[m.test["index"].to_numpy()][:, :, ::-1, :])
     assert not np.array_equal(t, tarr[m.test["index"].to_numpy()])
+
+
+def test_manifests_and_the_mapped_rows(binary, three):
+    m = binary
+    assert m.classes == ["cat", "dog"] and m.num_classes == 2 and m.image_shape == (SIZE, SIZE, 3)
+    assert len(m.train) == 16 and len(m.val) == 4 and (m.train["fold"] == "train").all() and (m.val["fold"] == "val").all()
+    assert sorted(m.labels().tolist()) == [0] * 10 + [1] * 10
+    fp = m.fingerprint()  # which data a run saw: the same files, the same text; other data, another
+    assert fp == m.fingerprint() and int(fp, 16) >= 0 and len(fp) == 8 * len(m.files)
+    assert three.fingerprint() != fp and {m.train_images.parent / "train.csv", m.train_images.parent / "classes.json"} <= set(m.files)
+    rows = map_rows(m.train_images)
+    assert not rows.flags.writeable
+    np.testing.assert_array_equal(rows, _images(m))
+    assert steps_per_epoch(16, 5) == 4 and steps_per_epoch(16, 5, drop_remainder=True) == 3
 
 
 def _constant_batch(n: int = 8, size: int = 6):

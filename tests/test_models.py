@@ -1,5 +1,8 @@
-"""Model builders (issue 2/3): every model config builds and gives float32 probabilities under mixed_float16;
-keras.applications backbones build offline (weights=null) and from a local weights file; bad paths are UserErrors."""
+"""The networks (src/models/): every model config builds through its registered `arch` and gives float32
+probabilities under mixed_float16; keras.applications backbones build offline (weights=null) and from a local
+weights file; a missing weights file or too small an input is a UserError; the augmentation layer honours
+augment.fill_mode; airbench's patch whitening whitens; custom layers load back with plain keras.saving.load_model
+(no custom_objects)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import compose
-from src.common import UserError
+from src.errors import UserError
 
 keras = pytest.importorskip("keras")
-from src.models import build_model  # noqa: E402
+from src.models import architectures, build_model, model_params  # noqa: E402
+from src.models.layers import PatchWhitening, RandomFlipZoomShift, data_fitted_layers  # noqa: E402
 
 
 @pytest.fixture
@@ -52,7 +56,7 @@ def test_builds_with_float32_probabilities_under_mixed_precision(policy, name, e
     policy("mixed_float16")
     cfg = _cfg(name, *extra)
     model = build_model(cfg.model, (size, size, 3), k, cfg.augment, seed=0)
-    assert model.name == name
+    assert model.name == name and model_params(cfg.model).arch == cfg.model.arch
     assert any(getattr(layer, "compute_dtype", None) == "float16" for layer in model.layers), "policy not applied"
     assert model.outputs[0].dtype == "float32"
     x = _batch(size)
@@ -105,19 +109,34 @@ def test_missing_weights_file_is_a_user_error(tmp_path: Path, name: str):
         build_model(cfg.model, (64, 64, 3), 2, cfg.augment)
 
 
-def test_resnet_small_stage_lists_must_match():
-    from src.common import validate_config
+def test_every_model_config_names_a_registered_builder():
+    shipped = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "model").glob("*.yaml"))
+    assert shipped == sorted({c[0] for c in CASES} | {"airbench", "xception_small"})  # CASES builds them all
+    assert {str(_cfg(m).model.arch) for m in shipped} == set(architectures())
 
-    cfg = _cfg("resnet_small", "model.widths=[8,16,32]", "model.blocks=[1,1]")
-    with pytest.raises(UserError, match="model.widths .3 stages. and model.blocks .2 stages."):
-        validate_config(cfg)  # with the other config checks, before any work
+
+def test_renamed_model_keeps_its_builder():
+    cfg = _cfg("seed_cnn", "model.name=my_cnn")
+    model = build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
+    assert model.name == "my_cnn"
+    assert [type(layer).__name__ for layer in model.layers if "Conv" in type(layer).__name__] == ["Conv2D"] * 4
+
+
+def test_xception_small_has_stem_blocks_and_head_width(policy):
+    policy("float32")
+    cfg = _cfg("xception_small", "model.stem_width=8", "model.widths=[16,24]", "model.head_width=40")
+    model = build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)
+             and not isinstance(layer, keras.layers.SeparableConv2D)]
+    seps = [layer for layer in model.layers if isinstance(layer, keras.layers.SeparableConv2D)]
+    assert convs[0].filters == 8 and convs[0].strides == (2, 2)                      # the stride-2 stem
+    assert [layer.filters for layer in seps] == [16, 16, 24, 24, 40]                 # two per block, then the head
+    assert model.get_layer(index=-4).output.shape[-1] == 40  # the pooled features have head_width channels
 
 
 def test_patch_whitening_whitens_patches_of_the_images_it_was_fitted_on(policy):
     """airbench's first layer: after fit_to_data, the 2x2 patches of those images come out decorrelated with unit
     variance (each whitened direction appears twice, with both signs); the kernel is frozen, the bias trains."""
-    from src.models import PatchWhitening
-
     policy("float32")
     rng = np.random.default_rng(0)
     base = rng.normal(size=(64, 9, 9, 3))
@@ -135,8 +154,6 @@ def test_patch_whitening_whitens_patches_of_the_images_it_was_fitted_on(policy):
 
 
 def test_airbench_builds_from_data_and_round_trips(policy, tmp_path: Path):
-    from src.models import CUSTOM_OBJECTS, data_fitted_layers
-
     policy("mixed_float16")
     cfg = _cfg("airbench", "model.widths=[8,16,16]")
     model = build_model(cfg.model, (32, 32, 3), 10, cfg.augment, seed=0)
@@ -148,5 +165,49 @@ def test_airbench_builds_from_data_and_round_trips(policy, tmp_path: Path):
     p = np.asarray(model.predict(_batch(32), verbose=0))
     assert p.dtype == np.float32 and p.shape == (3, 10)
     model.save(tmp_path / "m.keras")
-    again = keras.saving.load_model(tmp_path / "m.keras", custom_objects=CUSTOM_OBJECTS)
+    again = keras.saving.load_model(tmp_path / "m.keras")  # registered layers: no custom_objects needed
     np.testing.assert_allclose(np.asarray(again.predict(_batch(32), verbose=0)), p, rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------------------------ augmentation: fill modes
+NUMPY_PAD = {"reflect": "reflect", "nearest": "edge", "wrap": "wrap", "constant": "constant"}
+
+
+def _shifted(img: np.ndarray, dy: int, dx: int, mode: str, pad: int) -> np.ndarray:
+    """img moved by whole pixels (output pixel i shows input pixel i + d), the edges filled numpy's way."""
+    n = img.shape[0]
+    padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode=NUMPY_PAD[mode])
+    return padded[pad + dy:pad + dy + n, pad + dx:pad + dx + n]
+
+
+@pytest.mark.parametrize("mode", sorted(NUMPY_PAD))
+def test_shift_fills_the_edges_as_augment_fill_mode_says(policy, mode: str):
+    """translate without zoom is an exact whole-pixel shift: what shows beyond the edges is the configured
+    fill_mode's (reflect about the edge pixels, the edge pixel repeated, the opposite edge, or black)."""
+    policy("float32")
+    n, pad = 8, 2  # translate 0.25 of 8 pixels: shifts of -2..2
+    x = np.random.default_rng(1).integers(1, 256, size=(24, n, n, 3)).astype("float32")
+    layer = RandomFlipZoomShift(translate=0.25, seed=3, fill_mode=mode)
+    out = np.asarray(layer(x, training=True))
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)  # inference: untouched
+    told_apart = 0
+    for img, o in zip(x, out):
+        matches = {(m, dy, dx) for m in NUMPY_PAD for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)
+                   if np.allclose(o, _shifted(img, dy, dx, m, pad), atol=1e-3)}
+        assert any(m == mode for m, _, _ in matches), (mode, sorted(matches))
+        told_apart += all(m == mode for m, _, _ in matches)  # a shift no other fill mode explains
+    assert told_apart >= 12, told_apart
+    again = RandomFlipZoomShift.from_config(layer.get_config())
+    assert again.fill_mode == mode and again.translate == 0.25
+
+
+def test_model_augmentation_takes_fill_mode_from_the_config_and_keeps_it(policy, tmp_path: Path):
+    policy("float32")
+    cfg = _cfg("seed_cnn", "augment.fill_mode=wrap", "augment.rotation=0.1")
+    model = build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
+    shift = next(layer for layer in model.layers if isinstance(layer, RandomFlipZoomShift))
+    rotation = next(layer for layer in model.layers if isinstance(layer, keras.layers.RandomRotation))
+    assert shift.fill_mode == rotation.fill_mode == "wrap"
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert next(layer for layer in again.layers if isinstance(layer, RandomFlipZoomShift)).fill_mode == "wrap"

@@ -1,10 +1,17 @@
-"""prepare stage (issue 2): sizes, counts, manifests, the stable stratified split, incremental reruns,
-resize modes, Kaggle archives, image conversions and skipped files. No TensorFlow here: fast."""
+"""The prepare stage (src/prepare.py) as a whole: its outputs, its reruns, and a disk that fills up under it. Outputs:
+train.npy/test.npy (uint8, the configured size), train.csv/test.csv (columns, numeric test id order, the row each
+`index` names), classes.json, report.json, preview.png. Reruns: nothing is redone when raw files and config are
+unchanged, everything when either changes, and redoing unchanged data gives byte-identical outputs (only the
+machine-specific state.json differs, which .dvcignore keeps out of DVC's hash). A full disk is a one-line error
+naming the file; earlier outputs stay whole, nothing half-written is left, and the outputs are marked stale.
+Decoding and resizing: test_images.py; the raw layouts: test_rawdata.py; the split: test_split.py.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
-import zipfile
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,29 +19,28 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT, compose, path_overrides
-from imagegen import dogs_vs_cats
-from src.common import UserError
-from src.prepare import _unit_hash, assign_folds, load_image, prepare
+from conftest import ROOT, checked, dogs_cfg, path_overrides
+from imagegen import dogs_vs_cats, small_dogs_vs_cats
+from src import prepare
+from src.errors import UserError
+from src.files import atomic_path, read_json, write_json
+from src.images import load_image
+from src.paths import Layout
 
 SIZE = 48
 
 
 def cfg_for(base: Path, *extra: str):
-    return compose("dataset=dogs_vs_cats", f"dataset.image_size={SIZE}", "prepare.workers=1", *path_overrides(base), *extra)
+    return checked("prepare", "dataset=dogs_vs_cats", f"dataset.image_size={SIZE}", "prepare.workers=1",
+                   *path_overrides(base), *extra)
 
 
 def raw_of(base: Path) -> Path:
     return base / "raw" / "dogs_vs_cats"
 
 
-def manifests(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.read_csv(out / "train.csv", dtype={"id": str}), pd.read_csv(out / "test.csv")
-
-
-def folds_of(out: Path) -> dict[str, str]:
-    train, _ = manifests(out)
-    return dict(zip(train["id"], train["fold"]))
+def manifests(lay: Layout) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(lay.train_manifest, dtype={"id": str}), pd.read_csv(lay.test_manifest)
 
 
 @pytest.fixture
@@ -45,13 +51,14 @@ def base(tmp_path: Path) -> Path:
 
 # ------------------------------------------------------------------ outputs
 def test_outputs_sizes_counts_and_manifests(base: Path):
-    out = prepare(cfg_for(base))
-    assert out == base / "processed" / "dogs_vs_cats"
+    lay = prepare.run(cfg_for(base))
+    out = base / "processed" / "dogs_vs_cats"
+    assert lay.processed == out and lay.train_images == out / "train.npy" and lay.test_manifest == out / "test.csv"
     x, xt = np.load(out / "train.npy"), np.load(out / "test.npy")
     assert x.dtype == np.uint8 and x.shape == (20, SIZE, SIZE, 3)
     assert xt.dtype == np.uint8 and xt.shape == (12, SIZE, SIZE, 3)
 
-    train, test = manifests(out)
+    train, test = manifests(lay)
     assert list(train.columns) == ["id", "path", "label", "class", "fold", "index"]
     assert list(test.columns) == ["id", "path", "index", "ok"]
     assert len(train) == 20 and train["id"].is_unique and sorted(train["index"]) == list(range(20))
@@ -67,8 +74,9 @@ def test_outputs_sizes_counts_and_manifests(base: Path):
     assert test["id"].tolist() == list(range(1, 13))
     assert [Path(p).name for p in test["path"]] == [f"{i}.jpg" for i in range(1, 13)]
     assert test["index"].tolist() == list(range(12)) and test["ok"].all()
-    # the row named by `index` holds that file's resized pixels
+    # the row named by `index` holds that file's resized pixels; paths are relative to the raw folder
     raw = raw_of(base)
+    assert not any(Path(p).is_absolute() for p in [*train["path"], *test["path"]])
     for _, r in train.sample(4, random_state=0).iterrows():
         np.testing.assert_array_equal(x[r["index"]], load_image(str(raw / r["path"]), SIZE))
     r = test[test["id"] == 10].iloc[0]
@@ -78,65 +86,20 @@ def test_outputs_sizes_counts_and_manifests(base: Path):
     report = json.loads((out / "report.json").read_text())
     assert (report["train_images"], report["val_images"], report["test_images"]) == (16, 4, 12)
     assert report["skipped_count"] == 0 and report["image_size"] == SIZE
+    assert report["raw_dir"] == str(raw)  # outside the project: shown as it is
     assert (out / "preview.png").is_file()
+    assert prepare.is_current(cfg_for(base)) and prepare.is_complete(cfg_for(base))
 
 
-# ------------------------------------------------------------------ the split
-def test_split_is_stable_across_runs_and_seeded(base: Path, tmp_path_factory):
-    a = folds_of(prepare(cfg_for(base)))
-    other = tmp_path_factory.mktemp("again")
-    b = folds_of(prepare(cfg_for(base, f"paths.processed={other}")))
-    assert a == b
-    c = folds_of(prepare(cfg_for(base, f"paths.processed={other}", "dataset.split_seed=7")))
-    assert c != a  # another split_seed, another split (same per-class counts)
-    assert sum(v == "val" for v in c.values()) == sum(v == "val" for v in a.values())
-
-
-def _check_only_boundary_moves(old: dict[str, str], new: dict[str, str], seed: int, added_per_class: dict[str, int]):
-    """Old ids keep their fold except at each class's hash boundary; at most one per added image."""
-    cls = lambda i: i.split(".")[0]  # noqa: E731
-    for c, added in added_per_class.items():
-        ids = [i for i in old if cls(i) == c]
-        changed = [i for i in ids if old[i] != new[i]]
-        assert len(changed) <= added, (c, changed)
-        t_old = max(_unit_hash(seed, i) for i in ids if old[i] == "val")
-        t_new = max(_unit_hash(seed, i) for i in new if cls(i) == c and new[i] == "val")
-        lo, hi = min(t_old, t_new), max(t_old, t_new)
-        assert all(lo <= _unit_hash(seed, i) <= hi for i in changed)
-
-
-def test_new_images_do_not_reshuffle_old_ones(base: Path):
-    out = prepare(cfg_for(base))
-    old = folds_of(out)
-    raw = raw_of(base)
-    rng = np.random.default_rng(5)
-    for n in range(10, 13):  # three new cats and three new dogs
-        for cls in ("cat", "dog"):
-            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(raw / "train" / f"{cls}.{n}.jpg")
-    prepare(cfg_for(base))
-    new = folds_of(out)
-    assert len(new) == 26 and set(old) <= set(new)
-    _check_only_boundary_moves(old, new, 0, {"cat": 3, "dog": 3})
-
-
-def test_assign_folds_is_stratified_and_incremental_at_scale():
-    ids = pd.Series([f"{c}.{n}" for c in ("cat", "dog") for n in range(1000)])
-    labels = pd.Series([0] * 1000 + [1] * 1000)
-    folds = assign_folds(ids, labels, 0.2, seed=3)
-    assert ((folds == "val") & (labels == 0)).sum() == 200 and ((folds == "val") & (labels == 1)).sum() == 200
-    np.testing.assert_array_equal(folds, assign_folds(ids, labels, 0.2, 3))
-    # order of the rows does not matter, only the ids
-    perm = np.random.default_rng(0).permutation(2000)
-    shuffled = assign_folds(ids[perm].reset_index(drop=True), labels[perm].reset_index(drop=True), 0.2, 3)
-    assert dict(zip(ids[perm], shuffled)) == dict(zip(ids, folds))
-    # 100 new images per class: old ids move only at the boundary, at most one per new image
-    ids2 = pd.concat([ids, pd.Series([f"{c}.{n}" for c in ("cat", "dog") for n in range(1000, 1100)])], ignore_index=True)
-    labels2 = pd.concat([labels, pd.Series([0] * 100 + [1] * 100)], ignore_index=True)
-    folds2 = assign_folds(ids2, labels2, 0.2, seed=3)
-    old, new = dict(zip(ids, folds)), dict(zip(ids2, folds2))
-    _check_only_boundary_moves(old, new, 3, {"cat": 100, "dog": 100})
-    moved = sum(old[i] != new[i] for i in old)
-    assert moved <= 60, f"{moved} of 2000 old images changed fold"
+def test_write_images_writes_each_row_as_a_png(base: Path):
+    lay = prepare.run(cfg_for(base, "prepare.write_images=true", "prepare.preview=false"))
+    train, test = manifests(lay)
+    x = np.load(lay.train_images)
+    assert sorted(p.stem for p in (lay.image_files / "train").iterdir()) == sorted(train["id"])
+    assert len(list((lay.image_files / "test").iterdir())) == 12
+    r = train.iloc[3]
+    np.testing.assert_array_equal(np.asarray(Image.open(lay.image_files / "train" / f"{r['id']}.png")), x[r["index"]])
+    assert not lay.preview.exists()
 
 
 # ------------------------------------------------------------------ incremental reruns
@@ -145,152 +108,138 @@ def _mtimes(out: Path) -> dict[str, int]:
 
 
 def test_second_run_does_no_work(base: Path, capsys):
-    out = prepare(cfg_for(base))
+    out = prepare.run(cfg_for(base)).processed
     before = _mtimes(out)
     capsys.readouterr()
-    prepare(cfg_for(base))
+    prepare.run(cfg_for(base))
     assert "up to date" in capsys.readouterr().out
     assert _mtimes(out) == before
 
 
 @pytest.mark.parametrize("change, check", [
-    ("dataset.val_fraction=0.5", lambda out: manifests(out)[0].query("fold == 'val'")["class"].value_counts().to_dict()
+    ("dataset.val_fraction=0.5", lambda lay: manifests(lay)[0].query("fold == 'val'")["class"].value_counts().to_dict()
      == {"cat": 5, "dog": 5}),
-    ("dataset.image_size=32", lambda out: np.load(out / "train.npy", mmap_mode="r").shape == (20, 32, 32, 3)),
+    ("dataset.image_size=32", lambda lay: np.load(lay.train_images, mmap_mode="r").shape == (20, 32, 32, 3)),
 ])
 def test_config_change_redoes_the_work(base: Path, capsys, change, check):
-    out = prepare(cfg_for(base))
+    prepare.run(cfg_for(base))
+    assert not prepare.is_current(cfg_for(base, change))
     capsys.readouterr()
-    prepare(cfg_for(base, change))
+    lay = prepare.run(cfg_for(base, change))
     assert "up to date" not in capsys.readouterr().out
-    assert check(out)
+    assert check(lay)
     capsys.readouterr()
-    prepare(cfg_for(base, change))
+    prepare.run(cfg_for(base, change))
     assert "up to date" in capsys.readouterr().out
 
 
 def test_changed_raw_file_redoes_the_work(base: Path, capsys):
-    out = prepare(cfg_for(base))
+    lay = prepare.run(cfg_for(base))
     Image.new("RGB", (50, 50), (0, 255, 0)).save(raw_of(base) / "test" / "3.jpg")
+    assert not prepare.is_current(cfg_for(base))
     capsys.readouterr()
-    prepare(cfg_for(base))
+    prepare.run(cfg_for(base))
     assert "up to date" not in capsys.readouterr().out
-    green = np.load(out / "test.npy")[2]
+    green = np.load(lay.test_images)[2]
     assert green[..., 1].min() > 200 and green[..., 0].max() < 50
-
 
 
 def test_redoing_unchanged_data_gives_byte_identical_outputs(base: Path, capsys):
     """Only state.json (the mtime fingerprint, kept out of DVC's hash by .dvcignore) may differ after a re-prepare of
     the same files, e.g. after `dvc pull` or a clone: otherwise DVC would rerun training for nothing."""
-    out = prepare(cfg_for(base, "prepare.workers=2"))
+    out = prepare.run(cfg_for(base, "prepare.workers=2")).processed
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     for f in raw_of(base).rglob("*"):
         if f.is_file():
             os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
     capsys.readouterr()
-    prepare(cfg_for(base, "prepare.workers=2"))
+    prepare.run(cfg_for(base, "prepare.workers=2"))
     assert "up to date" not in capsys.readouterr().out   # it really redid the work
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert before.keys() == after.keys() and "preview.png" in after
     assert [n for n in after if after[n] != before[n]] == ["state.json"]
     assert "/data/processed/*/state.json" in (ROOT / ".dvcignore").read_text().split("\n")
 
-# ------------------------------------------------------------------ resizing
+
+# ------------------------------------------------------------------ full disk
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_atomic_path_turns_enospc_into_user_error(tmp_path: Path, monkeypatch):
+    target = tmp_path / "out" / "report.json"
+    write_json(target, {"old": True})
+    # the disk fills while the content is written ...
+    with pytest.raises(UserError) as e:
+        with atomic_path(target) as tmp:
+            tmp.write_text("{partial")
+            _enospc()
+    assert str(target) in str(e.value) and "no space left" in str(e.value) and "\n" not in str(e.value)
+    # ... or at the final rename
+    monkeypatch.setattr(os, "replace", _enospc)
+    with pytest.raises(UserError):
+        write_json(target, {"new": True})
+    monkeypatch.undo()
+    # ... or a library that writes for us re-raises it without its errno (Keras' model.save, h5py)
+    with pytest.raises(UserError, match="no space left"):
+        with atomic_path(target) as tmp:
+            raise OSError(f"Unable to write file ({os.strerror(errno.ENOSPC)})")
+    assert read_json(target) == {"old": True}
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]     # no temporaries left behind
+    # other errors pass through unchanged, and still leave no temporary
+    with pytest.raises(PermissionError):
+        with atomic_path(target) as tmp:
+            raise PermissionError(errno.EACCES, "denied")
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)              # outputs get the usual permissions
+
+
+def test_prepare_disk_full_while_writing_manifests(tmp_path: Path, monkeypatch):
+    raw = small_dogs_vs_cats(tmp_path / "raw")
+    out = prepare.run(dogs_cfg(tmp_path, raw)).processed
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "test.csv":
+            _enospc()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    cfg = dogs_cfg(tmp_path, raw, "dataset.val_fraction=0.5")           # a new split: prepare runs again
+    with pytest.raises(UserError) as e:
+        prepare.run(cfg)
+    monkeypatch.undo()
+    assert str(out / "test.csv") in str(e.value) and "no space left" in str(e.value)
+    assert (out / "test.csv").read_bytes() == before["test.csv"]          # the earlier file, whole
+    assert not prepare.is_current(cfg) and not (out / "state.json").exists()   # the half-updated set is marked stale
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    prepare.run(cfg)                                                      # with space again, it completes
+    assert prepare.is_current(cfg)
+
+
 @pytest.fixture
-def wide_red(tmp_path: Path) -> str:
-    p = tmp_path / "wide.png"
-    Image.new("RGB", (200, 100), (255, 0, 0)).save(p)
-    return str(p)
+def small_disk(tmp_path: Path):
+    """A real 1 MiB tmpfs (needs root and mount; skipped where unavailable)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_resize_stretch_and_crop_fill_the_square(wide_red: str):
-    for mode in ("stretch", "crop"):
-        a = load_image(wide_red, 40, mode)
-        assert a.shape == (40, 40, 3) and a.dtype == np.uint8
-        assert (a[..., 0] > 240).all() and (a[..., 1:] < 15).all(), mode
-
-
-def test_resize_pad_keeps_aspect_with_black_bars(wide_red: str, tmp_path: Path):
-    a = load_image(wide_red, 40, "pad")
-    assert a.shape == (40, 40, 3)
-    assert a[:9].max() == 0 and a[31:].max() == 0  # 200x100 -> 40x20 content, 10-pixel bars above and below
-    assert (a[12:28, :, 0] > 240).all()
-    tall = tmp_path / "tall.png"
-    Image.new("RGB", (50, 150), (0, 0, 255)).save(tall)
-    b = load_image(str(tall), 30, "pad")
-    assert b[:, :4].max() == 0 and b[:, 26:].max() == 0 and (b[:, 12:18, 2] > 240).all()
-
-
-def test_prepare_applies_the_resize_mode(tmp_path: Path):
-    dogs_vs_cats(raw_of(tmp_path), n_per_class=4, n_test=3, size=(96, 32))  # 3:1 noise images
-    out = prepare(cfg_for(tmp_path, "dataset.resize=pad"))
-    x = np.load(out / "train.npy")
-    assert x.shape == (8, SIZE, SIZE, 3)
-    assert x[:, :14].max() == 0 and x[:, -14:].max() == 0 and x[:, 20:28].mean() > 50
-    out = prepare(cfg_for(tmp_path, "dataset.resize=crop", f"paths.processed={tmp_path}/crop"))
-    assert np.load(out / "train.npy")[:, :14].mean() > 50
-
-
-# ------------------------------------------------------------------ archives
-def _zip_dir(folder: Path, archive: Path, top: str | None) -> None:
-    with zipfile.ZipFile(archive, "w") as z:
-        for p in sorted(folder.iterdir()):
-            z.write(p, f"{top}/{p.name}" if top else p.name)
-
-
-def test_zip_archives_are_unpacked(tmp_path: Path):
-    src = dogs_vs_cats(tmp_path / "src", n_per_class=5, n_test=11)
-    raw = raw_of(tmp_path)
-    raw.mkdir(parents=True)
-    _zip_dir(src / "train", raw / "train.zip", "train")  # Kaggle's train.zip holds train/...
-    _zip_dir(src / "test", raw / "test.zip", None)       # and a flat archive works too
-    (raw / "sample_submission.csv").write_text((src / "sample_submission.csv").read_text())
-    out = prepare(cfg_for(tmp_path))
-    assert sorted(p.name for p in (raw / "train").iterdir()) == sorted(p.name for p in (src / "train").iterdir())
-    assert len(list((raw / "test").iterdir())) == 11
-    train, test = manifests(out)
-    assert len(train) == 10 and test["id"].tolist() == list(range(1, 12))
-    assert np.load(out / "test.npy").shape == (11, SIZE, SIZE, 3)
-
-
-# ------------------------------------------------------------------ conversions and skips
-def test_odd_images_are_converted_and_broken_ones_skipped(tmp_path: Path):
-    raw = dogs_vs_cats(raw_of(tmp_path), n_per_class=5, n_test=3)
-    t = raw / "train"
-    Image.new("L", (60, 40), 77).save(t / "cat.50.jpg")                           # grayscale
-    Image.new("CMYK", (60, 40), (0, 255, 255, 0)).save(t / "cat.51.jpg")          # CMYK (red)
-    rgba = Image.new("RGBA", (60, 40), (0, 0, 255, 255))
-    rgba.paste((0, 0, 0, 0), (0, 0, 30, 40))                                      # left half transparent
-    rgba.save(t / "dog.50.jpg", format="PNG")                                     # a PNG named .jpg
-    Image.new("P", (60, 40), 3).save(t / "dog.51.jpg", format="PNG")              # palette
-    (t / "cat.52.jpg").write_bytes(b"definitely not a jpeg" * 20)                 # corrupt
-    (t / "dog.52.jpg").write_bytes(b"")                                           # zero bytes
-    good = (t / "cat.0.jpg").read_bytes()
-    (t / "cat.53.jpg").write_bytes(good[: len(good) // 2])                        # truncated
-    (t / "notes.txt").write_text("hello")
-
-    out = prepare(cfg_for(tmp_path))
-    train, _ = manifests(out)
-    x = np.load(out / "train.npy")
-    assert set(train["id"]) == {f"{c}.{n}" for c in ("cat", "dog") for n in [*range(5), 50, 51]}
-    px = {i: x[k] for i, k in zip(train["id"], train["index"])}
-    assert all(v.shape == (SIZE, SIZE, 3) for v in px.values())
-    g = px["cat.50"].astype(int)
-    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all() and abs(g.mean() - 77) < 3
-    assert px["cat.51"][..., 0].mean() > 200 and px["cat.51"][..., 1:].mean() < 60
-    rgba_px = px["dog.50"]
-    assert (rgba_px[:, :20] > 240).all()  # transparent -> white
-    assert rgba_px[:, 28:, 2].min() > 240 and rgba_px[:, 28:, :2].max() < 15
-
-    report = json.loads((out / "report.json").read_text())
-    skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
-    assert set(skipped) == {"cat.52.jpg", "dog.52.jpg", "cat.53.jpg", "notes.txt"}
-    assert report["skipped_count"] == 4
-    assert "0 bytes" in skipped["dog.52.jpg"]
-    assert all(reason for reason in skipped.values())
-
-
-def test_missing_raw_folder_is_a_user_error(tmp_path: Path):
-    with pytest.raises(UserError, match="not found"):
-        prepare(cfg_for(tmp_path))
+def test_prepare_on_a_really_full_disk(tmp_path: Path, small_disk: Path):
+    """A real ENOSPC: the memory-mapped image array is reserved up front, so it fails cleanly (no SIGBUS)."""
+    raw = small_dogs_vs_cats(tmp_path / "raw")
+    base = [f"paths.processed={small_disk}/processed"]
+    out = prepare.run(dogs_cfg(tmp_path, raw, *base)).processed
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "state.json"}
+    with pytest.raises(UserError) as e:
+        prepare.run(dogs_cfg(tmp_path, raw, *base, "dataset.image_size=256"))  # 8 x 196 KB no longer fits in 1 MiB
+    assert "train.npy" in str(e.value) and "no space left" in str(e.value)
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after == before                                                # earlier outputs intact, no temporaries

@@ -1,6 +1,7 @@
 """prepare on the real photos in ../shared/data (read only; outputs go to tmp): every readable image kept, the
-configured size, a stratified split, and CIFAR-10 labels mapped to the right class names (checked against
-Kaggle's own trainLabels.csv). Never reads test_labels_for_benchmarks.csv."""
+configured size, a stratified split, the rows holding the right photos, and CIFAR-10 labels mapped to the right
+class names (checked against Kaggle's own trainLabels.csv). Skipped where ../shared/data is absent. Never reads
+test_labels_for_benchmarks.csv."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA, compose
-from src.prepare import load_image, prepare
+from conftest import SHARED_DATA, checked
+from src import prepare
+from src.images import load_image
 
 pytestmark = [pytest.mark.realdata]
 DVC = SHARED_DATA / "dogs_vs_cats"
@@ -29,9 +31,9 @@ def test_dogs_vs_cats_real_photos(tmp_path: Path):
     n_files = len(list((DVC / "train").glob("*.jpg")))
     n_test = len(list((DVC / "test").glob("*.jpg")))
     assert (n_files, n_test) == (2002, 500)
-    cfg = compose("dataset=dogs_vs_cats", f"dataset.raw_dir={DVC}", f"paths.processed={tmp_path}",
+    cfg = checked("prepare", "dataset=dogs_vs_cats", f"dataset.raw_dir={DVC}", f"paths.processed={tmp_path}",
                   "prepare.workers=0", "prepare.preview=false")
-    out = prepare(cfg)
+    out = prepare.run(cfg).processed
     x = np.load(out / "train.npy", mmap_mode="r")
     xt = np.load(out / "test.npy", mmap_mode="r")
     assert x.shape == (2002, 150, 150, 3) and xt.shape == (500, 150, 150, 3) and x.dtype == np.uint8
@@ -70,8 +72,9 @@ def test_cifar10_real_subset_label_mapping(tmp_path: Path):
     sample = pd.read_csv(CIFAR / "sampleSubmission.csv")
     sample[sample["id"] <= 100].to_csv(raw / "sampleSubmission.csv", index=False)
 
-    out = prepare(compose("dataset=cifar10", f"dataset.raw_dir={raw}", f"paths.processed={tmp_path / 'processed'}",
-                          "prepare.workers=1", "prepare.preview=false"))
+    out = prepare.run(checked("prepare", "dataset=cifar10", f"dataset.raw_dir={raw}",
+                              f"paths.processed={tmp_path / 'processed'}", "prepare.workers=1",
+                              "prepare.preview=false")).processed
     classes = json.loads((out / "classes.json").read_text())
     assert classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     train = pd.read_csv(out / "train.csv", dtype={"id": str})

@@ -1,6 +1,10 @@
-"""MLflow tracking, read back with MlflowClient: one store, complete runs, sweeps under a parent, failures FAILED.
-
-In-process `train(compose(...))` where possible (TensorFlow is imported once); the sweep runs through the CLI.
+"""MLflow tracking (src/tracking.py), read back with MlflowClient: one store, complete runs, sweeps under a parent,
+failures FAILED, interruptions KILLED. training_run opens (or resumes) a training run: it ends FINISHED, FAILED with
+the error as a tag, or KILLED on Ctrl-C; a resumed run logs no param twice and keeps its earlier error as
+previous_error; inside a sweep (KAGGLEPIPE_MLFLOW_PARENT_RUN) a failing child fails its parent at once. attach adds
+metrics, tags and artifacts to a finished run without changing its status; an unknown run id is one line. Stages log
+params, per-epoch metrics, tags and artifacts, and a submission CSV leads back to its run. In process where possible
+(TensorFlow is imported once); the sweeps run through the CLI.
 """
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
 from conftest import ROOT, TINY, compose, path_overrides
+from imagegen import three_class
+from src import evaluate, pipeline, predict, tracking
+from src.errors import UserError
+from src.files import read_json
 
 EPOCH_METRICS = ["loss", "val_loss", "log_loss", "val_log_loss", "accuracy", "val_accuracy"]
 NOISE = ["alembic", "View run", "Creating initial MLflow database", "Updating database tables", "INFO mlflow"]
@@ -72,8 +78,7 @@ def _ov(base: Path, data: Path, *extra: str) -> list[str]:
 
 # ------------------------------------------------------------------ the store
 def test_store_resolution_and_precedence(tmp_path: Path, monkeypatch):
-    from src import tracking
-    from src.common import PROJECT_ROOT
+    from src.paths import PROJECT_ROOT
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     default = f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
@@ -88,62 +93,143 @@ def test_store_resolution_and_precedence(tmp_path: Path, monkeypatch):
     assert not tracking.enabled(compose("tracking.enabled=false"))
 
 
-def test_reopened_run_logs_no_key_twice_and_ends_with_the_right_status(tmp_path: Path, store: Path):
-    """KeyboardInterrupt -> KILLED; a resumed run keeps its params (no 'Changing param values' error)."""
-    from src import tracking
-
+def test_interrupted_run_ends_killed_and_resumes_without_logging_a_param_twice(tmp_path: Path, store: Path):
+    """KeyboardInterrupt -> KILLED with the error tag; a resumed run keeps its params (no 'Changing param values'
+    error), and once it finishes its earlier interruption moves to previous_error."""
     cfg = compose(*path_overrides(tmp_path), "dataset=demo")
     with pytest.raises(KeyboardInterrupt):
-        with tracking.run(cfg, "job") as mlflow:
-            run_id = mlflow.active_run().info.run_id
-            tracking.log_params_once(mlflow, tracking.config_params(cfg))
+        with tracking.training_run(cfg, "job", tags={"dataset": "demo"}) as run:
+            run_id = run.id
+            run.log_params(tracking.config_params(cfg))
             raise KeyboardInterrupt
     c = _client(tmp_path)
     r = c.get_run(run_id)
     assert r.info.status == "KILLED" and "interrupted" in r.data.tags["error"]
+    assert r.info.run_name == "job" and r.data.tags["dataset"] == "demo"
     n = len(r.data.params)
     assert n > 30 and r.data.params["train.lr"] == "0.001" and not any(k.startswith("hydra") for k in r.data.params)
 
     cfg2 = compose(*path_overrides(tmp_path), "dataset=demo", "train.resume=false")
-    with tracking.run(cfg2, "job", run_id=run_id) as mlflow:       # resume: same keys again, one value changed
-        tracking.log_params_once(mlflow, tracking.config_params(cfg2))
+    with tracking.training_run(cfg2, "job", resume_id=run_id, tags={"resumed": "true"}) as run:  # same keys, one changed
+        assert run.id == run_id and c.get_run(run_id).info.status == "RUNNING"
+        run.log_params(tracking.config_params(cfg2))
+        run.log_metrics({"loss": 0.5}, step=3)
     r = c.get_run(run_id)
     assert r.info.status == "FINISHED" and len(r.data.params) == n and r.data.params["train.resume"] == "True"
     assert "error" not in r.data.tags and "interrupted" in r.data.tags["previous_error"]
+    assert r.data.tags["resumed"] == "true" and _steps(c, run_id, "loss") == [3]
+    assert [x.info.status for x in _runs(tmp_path)] == ["FINISHED"]  # resumed: still one run
 
-    # reopening a FINISHED run (evaluate/predict logging into it) never turns it FAILED
+
+def test_a_run_ends_with_the_status_of_how_it_ended(tmp_path: Path, store: Path):
+    cfg = compose(*path_overrides(tmp_path), "dataset=demo")
+    ids = {}
     with pytest.raises(RuntimeError):
-        with tracking.run(cfg, "job", run_id=run_id):
-            raise RuntimeError("disk full")
+        with tracking.training_run(cfg, "error") as run:
+            ids["error"] = run.id
+            raise RuntimeError("disk full\nsecond line")
+    for code in (0, 2):
+        with pytest.raises(SystemExit):
+            with tracking.training_run(cfg, f"exit{code}") as run:
+                ids[f"exit{code}"] = run.id
+                sys.exit(code)
+    with tracking.training_run(cfg, "ok") as run:
+        ids["ok"] = run.id
+    c = _client(tmp_path)
+    status = {k: c.get_run(v).info.status for k, v in ids.items()}
+    assert status == {"error": "FAILED", "exit0": "FINISHED", "exit2": "FAILED", "ok": "FINISHED"}
+    assert c.get_run(ids["error"]).data.tags["error"] == "RuntimeError: disk full"   # its first line
+    assert c.get_run(ids["exit2"]).data.tags["error"] == "exit 2"
+    assert "error" not in c.get_run(ids["ok"]).data.tags
+
+
+def test_attach_adds_results_to_a_finished_run_without_changing_its_status(tmp_path: Path, store: Path):
+    cfg = compose(*path_overrides(tmp_path), "dataset=demo")
+    with tracking.training_run(cfg, "job") as run:
+        run_id = run.id
+        run.log_metrics({"loss": 0.7}, step=1)
+    result = tmp_path / "result.json"
+    result.write_text('{"val_log_loss": 0.25}')
+    tracking.attach(cfg, run_id, metrics={"eval.val_log_loss": 0.25}, tags={"submission.rows": 12},
+                    files={"evaluation": [result, tmp_path / "absent.json"]}, dicts={"extra/info.json": {"a": 1}})
+    c = _client(tmp_path)
     r = c.get_run(run_id)
-    assert r.info.status == "FINISHED" and r.data.tags["stage_error"] == "RuntimeError: disk full"
-    assert [x.info.status for x in _runs(tmp_path)] == ["FINISHED"]
+    assert r.info.status == "FINISHED"
+    assert r.data.metrics["eval.val_log_loss"] == 0.25 and r.data.metrics["loss"] == 0.7
+    assert r.data.tags["submission.rows"] == "12"
+    assert _artifacts(c, run_id) == {"evaluation/result.json", "extra/info.json"}   # a missing file is skipped
+    info = Path(c.download_artifacts(run_id, "extra/info.json", str(tmp_path / "dl")))
+    assert yaml.safe_load(info.read_text()) == {"a": 1}
+    # after a FAILED run too: its status stays
+    with pytest.raises(ValueError):
+        with tracking.training_run(cfg, "failed") as run:
+            failed = run.id
+            raise ValueError("boom")
+    tracking.attach(cfg, failed, tags={"note": "looked at"})
+    assert c.get_run(failed).info.status == "FAILED" and c.get_run(failed).data.tags["note"] == "looked at"
+    assert len(_runs(tmp_path)) == 2  # attach never makes a run
+
+    with pytest.raises(UserError) as e:                                     # an id the store does not hold
+        tracking.attach(cfg, "0" * 32, metrics={"x": 1.0})
+    msg = str(e.value)
+    assert "\n" not in msg and f"MLflow run {'0' * 32} is not in the store {tracking.tracking_uri(cfg)}" in msg
+    assert "tracking.uri=" in msg
 
 
-def test_failing_child_fails_its_parent(tmp_path: Path, store: Path):
-    from src import tracking
+def test_attach_does_nothing_without_tracking_or_a_run(tmp_path: Path):
+    off = compose(*path_overrides(tmp_path), "dataset=demo", "tracking.enabled=false")
+    tracking.attach(off, "0" * 32, metrics={"x": 1.0}, files={"a": [tmp_path]})
+    tracking.attach(compose(*path_overrides(tmp_path), "dataset=demo"), None, metrics={"x": 1.0})
+    assert list(tmp_path.iterdir()) == []  # no store was even created
+    with tracking.training_run(off, "job") as run:
+        assert run.id is None
+        run.log_params({"a": 1})
+        run.log_metrics({"m": 1.0})
+        run.set_tags({"t": "v"})
+        run.log_files({None: [tmp_path]})
+    assert list(tmp_path.iterdir()) == []
 
+
+def _parent(cfg, c) -> str:
+    client = tracking._client(cfg)
+    return c.create_run(tracking._experiment_id(client, cfg), run_name="sweep").info.run_id
+
+
+def test_failing_child_fails_its_parent(tmp_path: Path, store: Path, monkeypatch):
     cfg = compose(*path_overrides(tmp_path), "dataset=demo")
     c = _client(tmp_path)
-    mlflow = tracking._client_setup(cfg)
-    parent = c.create_run(mlflow.get_experiment_by_name("kagglepipe-demo").experiment_id).info.run_id
-    with tracking.run(cfg, "ok", nested_parent=parent):
+    parent = _parent(cfg, c)
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)                          # what SweepParentRun sets
+    with tracking.training_run(cfg, "ok"):
         pass
+    assert c.get_run(parent).info.status == "RUNNING"                       # a finished child leaves it open
     with pytest.raises(ValueError):
-        with tracking.run(cfg, "bad", nested_parent=parent):
+        with tracking.training_run(cfg, "bad"):
             raise ValueError("boom")
     runs = {r.info.run_name: r for r in _runs(tmp_path)}
     assert runs["ok"].info.status == "FINISHED" and runs["bad"].info.status == "FAILED"
     assert runs["bad"].data.tags["error"] == "ValueError: boom"
     assert runs["bad"].data.tags["mlflow.parentRunId"] == parent == runs["ok"].data.tags["mlflow.parentRunId"]
-    assert c.get_run(parent).info.status == "FAILED" and "boom" in c.get_run(parent).data.tags["error"]
+    assert c.get_run(parent).info.status == "FAILED" and c.get_run(parent).data.tags["error"] == "job bad: ValueError: boom"
+
+    other = _parent(cfg, c)                                                  # an interrupted child kills its parent
+    monkeypatch.setenv(tracking.PARENT_ENV, other)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.training_run(cfg, "stopped"):
+            raise KeyboardInterrupt("SIGTERM")
+    assert c.get_run(other).info.status == "KILLED" and "interrupted (SIGTERM)" in c.get_run(other).data.tags["error"]
+    # a resumed run is no new child: it keeps its own (or no) parent and never closes the sweep's
+    resumed = next(r for r in _runs(tmp_path) if r.info.run_name == "ok").info.run_id
+    third = _parent(cfg, c)
+    monkeypatch.setenv(tracking.PARENT_ENV, third)
+    with pytest.raises(ValueError):
+        with tracking.training_run(cfg, "ok", resume_id=resumed):
+            raise ValueError("again")
+    assert c.get_run(third).info.status == "RUNNING" and c.get_run(resumed).info.status == "FAILED"
 
 
 def test_disabled_tracking_creates_no_store(tmp_path: Path, data: Path):
-    from src.common import read_json
-    from src.train import train
-
-    summary = train(compose(*_ov(tmp_path, data, "tracking.enabled=false")))
+    summary = pipeline.run(compose(*_ov(tmp_path, data, "tracking.enabled=false")), "train")
     assert summary["run_id"] is None and summary["tracking_uri"] is None
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     assert read_json(tmp_path / "models" / "demo" / "seed_cnn" / "run.json")["run_id"] is None
@@ -151,17 +237,11 @@ def test_disabled_tracking_creates_no_store(tmp_path: Path, data: Path):
 
 # ------------------------------------------------------------------ complete runs, linked stages
 def test_two_runs_evaluate_predict_and_trace_the_csv(tmp_path: Path, store: Path, data: Path):
-    from src import tracking
-    from src.common import read_json
-    from src.evaluate import evaluate
-    from src.predict import predict
-    from src.train import train
-
-    a = train(compose(*_ov(tmp_path, data, "name=a", "train.epochs=2")))
-    b = train(compose(*_ov(tmp_path, data, "name=b", "train.lr=3e-4", "train.optimizer=sgd")))
+    a = pipeline.run(compose(*_ov(tmp_path, data, "name=a", "train.epochs=2")), "train")
+    b = pipeline.run(compose(*_ov(tmp_path, data, "name=b", "train.lr=3e-4", "train.optimizer=sgd")), "train")
     cfg_a = compose(*_ov(tmp_path, data, "name=a", "train.epochs=2"))
-    evaluate(cfg_a)
-    record = predict(cfg_a)
+    evaluate.run(cfg_a)
+    record = predict.run(cfg_a)
 
     c = _client(tmp_path)
     runs = {r.info.run_name: r for r in _runs(tmp_path)}
@@ -212,32 +292,14 @@ def test_two_runs_evaluate_predict_and_trace_the_csv(tmp_path: Path, store: Path
     assert tracking.run_for_file(cfg_a, csv).info.run_id == a["run_id"]             # by content alone
 
 
-def _three_class_raw(raw: Path, classes: list[str], per_class: int = 10, n_test: int = 6) -> None:
-    rng = np.random.default_rng(0)
-    (raw / "train").mkdir(parents=True)
-    (raw / "test").mkdir()
-    labels = [c for c in classes for _ in range(per_class)]
-    for i, cls in enumerate(labels, start=1):
-        arr = rng.integers(0, 120, size=(48, 48, 3), dtype=np.uint8)
-        arr[..., classes.index(cls)] += 120                          # a class-coloured tint
-        Image.fromarray(arr).save(raw / "train" / f"{i}.png")
-    (raw / "trainLabels.csv").write_text("id,label\n" + "".join(f"{i},{c}\n" for i, c in enumerate(labels, 1)))
-    for i in range(1, n_test + 1):
-        Image.fromarray(rng.integers(0, 255, size=(48, 48, 3), dtype=np.uint8)).save(raw / "test" / f"{i}.png")
-    (raw / "sampleSubmission.csv").write_text("id,label\n" + "".join(f"{i},{classes[0]}\n" for i in range(1, n_test + 1)))
-
-
 def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
-    from src.evaluate import evaluate
-    from src.train import train
-
     classes = ["red", "green", "blue"]
-    _three_class_raw(tmp_path / "raw" / "tri", classes)
+    three_class(tmp_path / "raw" / "tri", classes)
     ov = [*path_overrides(tmp_path), "dataset=cifar10", "model=seed_cnn", "augment=none", "dataset.name=tri",
           f"dataset.raw_dir={tmp_path}/raw/tri", f"dataset.classes=[{','.join(classes)}]", "dataset.image_size=48",
           "dataset.val_fraction=0.3", "train.epochs=1", "train.batch_size=16", "prepare.workers=1"]
-    s = train(compose(*ov))
-    evaluate(compose(*ov))
+    s = pipeline.run(compose(*ov), "train")
+    evaluate.run(compose(*ov))
     c = _client(tmp_path)
     r = c.get_run(s["run_id"])
     assert r.info.status == "FINISHED" and r.data.params["dataset.classes"] == str(classes)
@@ -247,11 +309,8 @@ def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
 
 # ------------------------------------------------------------------ failures
 def test_failure_after_the_run_started_ends_failed(tmp_path: Path, store: Path, data: Path):
-    from src.common import UserError
-    from src.train import train
-
     with pytest.raises(UserError, match="model.weights"):
-        train(compose(*_ov(tmp_path, data, f"model.weights={tmp_path}/missing.weights.h5")))
+        pipeline.run(compose(*_ov(tmp_path, data, f"model.weights={tmp_path}/missing.weights.h5")), "train")
     (r,) = _runs(tmp_path)
     assert r.info.status == "FAILED" and r.data.tags["error"].startswith("UserError: model.weights=")
     assert r.data.params["model.weights"].endswith("missing.weights.h5")   # the config was logged before it failed
