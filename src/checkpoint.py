@@ -33,7 +33,7 @@ from .paths import Layout
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
                "train.weight_decay", "train.momentum", "train.nesterov", "train.schedule", "train.warmup_epochs",
                "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "train.ema_momentum",
-               "augment", "seed"]
+               "augment", "seed", "cv.folds", "cv.fold"]
 
 
 class TrainingState:
@@ -73,11 +73,16 @@ class TrainingState:
         return self.epoch >= int(cfg.train.epochs) or (patience > 0 and self.wait >= patience)
 
 
-def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
-    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh."""
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of the keys that define a training run (RESUME_KEYS)."""
     keys = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in ((k, OmegaConf.select(cfg, k)) for k in RESUME_KEYS)}
-    state = TrainingState(lay, short_hash(keys))
+    return short_hash(keys)
+
+
+def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
+    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh."""
+    state = TrainingState(lay, config_hash(cfg))
     resumed = bool(cfg.train.resume) and state.load()
     if not resumed and lay.checkpoint_dir.exists():
         shutil.rmtree(lay.checkpoint_dir)
@@ -87,6 +92,8 @@ def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
 
 def restore(state: TrainingState) -> keras.Model:
     """The last checkpoint's model (weights, optimizer state) with its random generators where they were."""
+    from . import models  # noqa: F401  (registers the custom layers the checkpoint refers to)
+
     model = keras.saving.load_model(state.last)
     variables = _seed_states(model)
     if len(variables) != len(state.rng):

@@ -36,6 +36,7 @@ def run(stage: str, cfg: DictConfig, task: Callable[[DictConfig], Any] | None = 
 
     try:
         with interrupts.raising():
+            cfg = config.resolve_member(cfg)
             config.check(cfg, stage)
             return task(cfg) if task is not None else pipeline.run(cfg, stage)
     except UserError as e:
@@ -53,6 +54,7 @@ def precheck_overrides(argv: list[str]) -> None:
 
     Flags (-m/--multirun, --config-dir, --help, ...) are left to Hydra, which reports on them itself.
     """
+    _refuse_fold_sweep(argv)
     if any(a.startswith("-") for a in argv):
         return
     from hydra.core.global_hydra import GlobalHydra
@@ -68,6 +70,23 @@ def precheck_overrides(argv: list[str]) -> None:
         sys.exit(2)
     finally:
         GlobalHydra.instance().clear()
+
+
+def _refuse_fold_sweep(argv: list[str]) -> None:
+    """-m over cv.fold would name each fold's job apart (<name>-<job>), splitting one member into k."""
+    if not {"-m", "--multirun"} & set(argv):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    except Exception:  # a malformed override: Hydra reports it itself
+        return
+    if any(o.key_or_group == "cv.fold" and o.is_sweep_override() for o in overrides):
+        print("error: cv.fold cannot be swept with -m (each job would be a member of its own); train every fold "
+              "with cv.folds=k and no cv.fold (one job a member), or one fold per command with cv.fold=i",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def one_line(message: str) -> str:

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
@@ -39,6 +39,7 @@ class Paths(Section):
     models: str
     metrics: str
     plots: str
+    predictions: str
     submissions: str
 
 
@@ -147,6 +148,24 @@ class Submit(Section):
     dry_run: bool
 
 
+class CrossValidation(Section):
+    folds: Optional[Annotated[int, Field(ge=2)]]
+    fold: Optional[Count]
+    average: Literal["probability", "logit"]
+
+    @model_validator(mode="after")
+    def _fold_in_range(self):
+        if self.fold is not None and (self.folds is None or self.fold >= self.folds):
+            raise _Invalid("fold", self.fold, f"a fold from 0 to cv.folds - 1 (cv.folds={_show(self.folds)}), or null")
+        return self
+
+
+class Blend(Section):
+    name: Name
+    members: list[Name]
+    weights: Literal["fit", "mean"]
+
+
 class Config(Section):
     name: Name
     seed: int
@@ -160,6 +179,17 @@ class Config(Section):
     tracking: Tracking
     kaggle: Kaggle
     submit: Submit
+    cv: CrossValidation
+    member: Optional[Name]
+    members: dict[str, dict[str, Any]]
+    blend: Blend
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.cv.folds and self.train.fit_on_all:
+            raise _Invalid("train.fit_on_all", True, "false when cv.folds is set (in cross-validation every image "
+                           "is some fold's validation image)")
+        return self
 
 
 # ------------------------------------------------------------------ checking
@@ -266,10 +296,13 @@ def describe(annotation: Any, metadata: list | None = None) -> str:
     if annotation is bool:
         return "true or false"
     if origin is list:
-        bounds = _bounds(metadata)
-        size = "a non-empty list" if bounds.get("min_length") == 1 else (
-            f"a list of at least {bounds['min_length']}" if "min_length" in bounds else "a list")
-        return f"{size} of {_plural(describe(args[0]))}"
+        bounds, items = _bounds(metadata), _plural(describe(args[0]))
+        lo, hi = bounds.get("min_length"), bounds.get("max_length")
+        if lo is not None and lo == hi:
+            return f"a list of exactly {lo} {items}"
+        if lo is not None and lo > 1:
+            return f"a list of at least {lo} {items}"
+        return f"{'a non-empty list' if lo == 1 else 'a list'} of {items}"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return "a mapping with keys " + ", ".join(annotation.model_fields)
     if annotation is str:
@@ -281,7 +314,7 @@ def describe(annotation: Any, metadata: list | None = None) -> str:
 def _bounds(metadata: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for m in metadata:
-        for attr in ("ge", "gt", "le", "lt", "min_length"):
+        for attr in ("ge", "gt", "le", "lt", "min_length", "max_length"):
             if getattr(m, attr, None) is not None:
                 out[attr] = getattr(m, attr)
         for inner in getattr(m, "metadata", []):  # a FieldInfo nested in Annotated
@@ -311,6 +344,27 @@ def _plural(text: str) -> str:
     return text
 
 
+# ------------------------------------------------------------------ members: named variants of the config
+def resolve_member(cfg: DictConfig) -> DictConfig:
+    """member=<name>: the config with members.<name> applied (its model in place of `model`, its other keys
+    merged over the config) and `name` set to the member's name; the config itself when member is null."""
+    member = cfg.get("member")
+    if not member:
+        return cfg
+    members = cfg.get("members") or {}
+    if member not in members:
+        raise UserError(f"config error: member={member!r} is not one of members ({', '.join(members) or 'none'}); "
+                        "name one of them, or define it under members: in the config")
+    delta = OmegaConf.to_container(members[member], resolve=True)
+    out = cfg.copy()
+    with open_dict(out):
+        if "model" in delta:
+            out.model = delta.pop("model")
+        out.merge_with(delta)
+        out.name = member
+    return out
+
+
 # ------------------------------------------------------------------ composing without a command line
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The project config composed as the command line would compose it (tests, notebooks, benchmarks)."""
@@ -321,4 +375,4 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+        return resolve_member(hydra_compose(config_name=config_name, overrides=list(overrides or [])))

@@ -2,9 +2,10 @@
 
     python -m src.evaluate dataset=demo
 
-Reads the model's validation probabilities (models/<dataset>/<name>/predictions/val.csv, src/inference.py),
-chooses the temperature and the clip on them (src/calibration.py), finalizes them as predict will finalize the
-test images (src/submission.py), and writes metrics/<dataset>/<name>.json (val_log_loss by Kaggle's formula on the
+Reads the model's validation probabilities (models/<dataset>/<name>/predictions/val.csv, src/inference.py) or,
+for a cross-validated member (cv.folds=k), its k folds' joined into out-of-fold predictions over every training
+image (src/oof.py), chooses the temperature and the clip on them (src/calibration.py), finalizes them as predict
+will finalize the test images (src/submission.py), and writes metrics/<dataset>/<name>.json (val_log_loss by Kaggle's formula on the
 finalized probabilities, accuracy, the temperature and clip predict will use, ...) and plots/<dataset>/<name>/:
 val_predictions.csv (the finalized validation probabilities), roc.png + calibration.png (two classes) or
 confusion_matrix.png + confusion_matrix.json (more), all logged to the training run in MLflow.
@@ -17,70 +18,110 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from . import calibration, inference, metrics, plots, submission, tracking
+from . import calibration, inference, metrics, oof, plots, submission, tracking
 from .files import atomic_path, file_sha256, read_json, write_json
 from .paths import Layout
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     lay = Layout(cfg)
-    preds = inference.predictions(cfg, lay, "val")
-    y, p = preds.frame["label"].to_numpy(), preds.probs()
+    member = oof.assemble(cfg) if lay.folds else _holdout(cfg, lay)
+    y, p = member.labels, member.oof.probs()
     cal = calibration.fit(cfg.evaluate, y, p)
     submitted = submission.finalize(p, cal.temperature, cal.clip)  # exactly what predict does to the test images
-    result = _scores(cfg, lay, y, p, submitted, cal, preds)
-    _write_val_predictions(lay, preds, y, submitted)
-    result.update(_plots(lay, y, submitted, preds.meta["classes"]))
+    result = _scores(cfg, lay, member, y, p, submitted, cal)
+    _write_val_predictions(lay, member.oof, y, submitted)
+    result.update(_plots(lay, y, submitted, member.oof.meta["classes"]))
     write_json(lay.metrics, result)
+    what = f"OOF over {len(y)} training images ({lay.folds} folds)" if lay.folds else f"{len(y)} validation images"
     print(f"evaluate: val_log_loss={result['val_log_loss']:.4f} (temperature {cal.temperature:g}, clip {cal.clip:g}) "
-          f"val_accuracy={result['val_accuracy']:.4f} on {len(y)} validation images -> {lay.metrics}")
+          f"val_accuracy={result['val_accuracy']:.4f} on {what} -> {lay.metrics}")
     numbers = {f"eval.{k}": float(v) for k, v in result.items()  # "eval.": apart from train's per-epoch val_* metrics
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracking.attach(cfg, preds.meta.get("run_id"), metrics=numbers, files={
+    tracking.attach(cfg, result["run_id"], metrics=numbers, files={
         "evaluation": [lay.metrics], "plots": sorted(f for f in lay.plots.glob("*") if f.suffix in (".png", ".json", ".csv"))})
     return result
+
+
+def _holdout(cfg: DictConfig, lay: Layout) -> oof.Member:
+    """One model on prepare's split: its validation fold is its OOF."""
+    val = inference.predictions(cfg, lay, "val")
+    val.frame.insert(1, "fold", "val")
+    return oof.Member(lay.name, val, None)
 
 
 def settings(cfg: DictConfig) -> str:
     """The settings that decide the submitted probabilities, as one string (recorded with the metrics)."""
     ev = cfg.evaluate
-    clip = ev.clip if ev.clip == "auto" else float(ev.clip)
+    # clip=auto chooses among the candidates: another list may choose another clip
+    clip = f"auto{[float(c) for c in ev.clip_candidates]}" if ev.clip == "auto" else float(ev.clip)
     temperature = ev.temperature if ev.temperature == "auto" else float(ev.temperature)
-    return f"clip={clip} temperature={temperature} tta={bool(cfg.train.tta)}"
+    cv = f" cv.folds={cfg.cv.folds} cv.average={cfg.cv.average}" if cfg.cv.folds else ""
+    return f"clip={clip} temperature={temperature} tta={bool(cfg.train.tta)}{cv}"
 
 
 def is_current(cfg: DictConfig) -> bool:
-    """metrics/<dataset>/<name>.json was computed from the current validation predictions with these settings."""
+    """metrics/<dataset>/<name>.json was computed from the current (out-of-fold) validation predictions with these
+    settings."""
     lay = Layout(cfg)
-    if not (lay.metrics.is_file() and inference.is_current(cfg, lay, "val")):
+    source = lay.oof if lay.folds else lay.predictions("val")
+    fresh = oof.is_current(cfg) if lay.folds else inference.is_current(cfg, lay, "val")
+    if not (lay.metrics.is_file() and fresh):
         return False
     done = read_json(lay.metrics)
-    return (done.get("settings") == settings(cfg)
-            and done.get("val_predictions_sha256") == file_sha256(lay.predictions("val")))
+    return done.get("settings") == settings(cfg) and done.get("val_predictions_sha256") == file_sha256(source)
 
 
-def _scores(cfg: DictConfig, lay: Layout, y: np.ndarray, p: np.ndarray, submitted: np.ndarray,
-            cal: calibration.Calibration, preds: inference.Predictions) -> dict[str, Any]:
+def _scores(cfg: DictConfig, lay: Layout, member: oof.Member, y: np.ndarray, p: np.ndarray, submitted: np.ndarray,
+            cal: calibration.Calibration) -> dict[str, Any]:
+    meta = member.oof.meta
     calibrated = submission.apply_temperature(p, cal.temperature)
-    return {
-        "val_log_loss": metrics.kaggle_log_loss(y, submitted),
+    scores = {
+        "val_log_loss": metrics.kaggle_log_loss(y, submitted),  # OOF over every training image with cv.folds
         "val_log_loss_unclipped": metrics.kaggle_log_loss(y, calibrated),
-        "val_log_loss_model": metrics.kaggle_log_loss(y, p),  # the model's own probabilities: no temperature, no clip
+        "val_log_loss_model": metrics.kaggle_log_loss(y, p),  # the models' own probabilities: no temperature, no clip
         "val_accuracy": metrics.accuracy(y, submitted),
         **cal.as_dict(),
         "settings": settings(cfg),
-        "tta": bool(preds.meta["tta"]),
+        "tta": bool(meta["tta"]),
         "n_val": int(len(y)),
         "metric": str(cfg.dataset.metric),
-        "run_id": preds.meta.get("run_id"),
-        "model_sha256": preds.meta["model_sha256"],  # which model file these numbers (and the clip) belong to
-        "val_predictions_sha256": file_sha256(lay.predictions("val")),
+        "run_id": _member_run(cfg, lay, member) if lay.folds else meta.get("run_id"),
+        "val_predictions_sha256": file_sha256(lay.oof if lay.folds else lay.predictions("val")),
     }
+    if lay.folds:
+        scores.update(_per_fold(member, y, submitted), folds=int(lay.folds), fold_runs=meta["fold_runs"],
+                      fold_average=meta["average"])
+    else:
+        scores["model_sha256"] = meta["model_sha256"]  # which model file these numbers (and the clip) belong to
+    return scores
+
+
+def _per_fold(member: oof.Member, y: np.ndarray, submitted: np.ndarray) -> dict[str, Any]:
+    """Each fold's scores on its own held-out images (finalized like the rest), and their mean and spread."""
+    fold = member.oof.frame["fold"].to_numpy()
+    losses = [metrics.kaggle_log_loss(y[fold == f], submitted[fold == f]) for f in np.unique(fold)]
+    accs = [metrics.accuracy(y[fold == f], submitted[fold == f]) for f in np.unique(fold)]
+    return {"fold_val_log_loss": losses, "fold_val_log_loss_mean": float(np.mean(losses)),
+            "fold_val_log_loss_std": float(np.std(losses)), "fold_val_accuracy": accs,
+            "fold_val_accuracy_mean": float(np.mean(accs)), "fold_val_accuracy_std": float(np.std(accs))}
+
+
+def _member_run(cfg: DictConfig, lay: Layout, member: oof.Member) -> str | None:
+    """The cross-validated member's parent run; folds trained apart (one command each) get one made for them."""
+    if member.run_id:
+        return member.run_id
+    run_id = tracking.adopt(cfg, f"cv-{lay.name}", member.oof.meta["fold_runs"],
+                            tags={"dataset": lay.dataset, "member": lay.name, "cv.folds": str(lay.folds)})
+    if run_id:
+        write_json(lay.member_record, {"run_id": run_id, "folds": int(lay.folds)})
+    return run_id
 
 
 def _write_val_predictions(lay: Layout, preds: inference.Predictions, y: np.ndarray, submitted: np.ndarray) -> None:
-    """Every validation image: id, label, then probability (two classes) or predicted + p_<class> (more)."""
-    cols: dict[str, Any] = {"id": preds.frame["id"], "label": y}
+    """Every validation (OOF) image: id, [fold,] label, then probability (two classes) or predicted + p_<class>."""
+    cols: dict[str, Any] = {"id": preds.frame["id"], **({"fold": preds.frame["fold"]} if lay.folds else {}),
+                            "label": y}
     if submitted.ndim == 1:
         cols["probability"] = submitted
     else:

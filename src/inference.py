@@ -39,6 +39,8 @@ class Predictions:
 def load_model(lay: Layout):
     import keras
 
+    from . import models  # noqa: F401  (registers the custom layers the saved model refers to)
+
     if not lay.model.is_file():
         raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
                         f"name={lay.name}")
@@ -70,7 +72,7 @@ def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] =
         columns = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
         for i, c in enumerate(m.classes):
             frame[f"p_{c}"] = columns[:, i]
-        _save(lay, split, frame, {"split": split, "tta": tta, "classes": list(m.classes)})
+        _save(lay, split, frame, {"split": split, "tta": tta, "classes": list(m.classes), "data": m.fingerprint()})
 
 
 def _save(lay: Layout, split: str, frame: pd.DataFrame, meta: dict) -> None:
@@ -84,14 +86,18 @@ def _save(lay: Layout, split: str, frame: pd.DataFrame, meta: dict) -> None:
 
 
 def is_current(cfg: DictConfig, lay: Layout, split: str) -> bool:
-    """The split's file is whole and was made by the current model file with the configured TTA."""
+    """The split's file is whole and was made by the current model file, with the configured TTA, on the current
+    prepared data (its manifests and report: a new test folder or image size makes new predictions)."""
+    from . import manifests
+
     csv = lay.predictions(split)
     meta_file = csv.with_suffix(".json")
     if not (csv.is_file() and meta_file.is_file() and lay.model.is_file()):
         return False
     meta = read_json(meta_file)
     return (meta.get("tta") == bool(cfg.train.tta) and meta.get("model_sha256") == file_sha256(lay.model)
-            and meta.get("csv_sha256") == file_sha256(csv))
+            and meta.get("csv_sha256") == file_sha256(csv)
+            and meta.get("data") == manifests.load(lay).fingerprint())
 
 
 def predictions(cfg: DictConfig, lay: Layout, split: str) -> Predictions:
@@ -106,5 +112,5 @@ def predictions(cfg: DictConfig, lay: Layout, split: str) -> Predictions:
 
 def read(csv: Path) -> Predictions:
     meta = read_json(csv.with_suffix(".json"))
-    frame = pd.read_csv(csv, dtype={"id": str} if meta["split"] == "val" else None)
+    frame = pd.read_csv(csv, dtype=None if meta["split"] == "test" else {"id": str})  # training ids are text
     return Predictions(frame, meta)

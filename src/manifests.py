@@ -11,6 +11,7 @@ import pandas as pd
 from .errors import UserError
 from .files import file_sha256, read_json
 from .paths import Layout
+from .split import assign_cv_folds
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Manifests:
     classes: list[str]
     train_images: Path   # train.npy
     test_images: Path    # test.npy
-    files: tuple[Path, ...]  # the manifests and the class list
+    files: tuple[Path, ...]  # the manifests, the class list and prepare's report (image size, resize mode, ...)
 
     @property
     def num_classes(self) -> int:
@@ -38,17 +39,29 @@ class Manifests:
         return np.concatenate([self.train["label"].to_numpy(), self.val["label"].to_numpy()])
 
     def fingerprint(self) -> str:
-        """A hash of the manifests and the class list: which data a run saw."""
+        """A hash of the manifests, the class list and prepare's report: which prepared data a run saw."""
         return "".join(file_sha256(f)[:8] for f in self.files)
 
 
-def load(lay: Layout) -> Manifests:
+def load(lay: Layout, cv: tuple[int, int, int] | None = None) -> Manifests:
+    """prepare's manifests; with cv = (folds, fold, split seed), fold `fold` of the cross-validation folds
+    (src/split.py) is the validation set and the other folds the training set, instead of prepare's split."""
     try:
         train = pd.read_csv(lay.train_manifest, dtype={"id": str})
         test = pd.read_csv(lay.test_manifest)
         classes = read_json(lay.classes)
     except FileNotFoundError as e:
         raise UserError(f"{e.filename} not found; run python -m src.prepare first") from e
+    if cv is not None:
+        folds, fold, seed = cv
+        train["fold"] = np.where(assign_cv_folds(train["id"], train["label"], folds, seed) == fold, "val", "train")
     return Manifests(train[train["fold"] == "train"].reset_index(drop=True),
                      train[train["fold"] == "val"].reset_index(drop=True), test, classes, lay.train_images,
-                     lay.test_images, (lay.train_manifest, lay.test_manifest, lay.classes))
+                     lay.test_images, (lay.train_manifest, lay.test_manifest, lay.classes, lay.report))
+
+
+def for_run(cfg, lay: Layout) -> Manifests:
+    """The manifests a run trains and validates on: its cross-validation fold (cv.folds, cv.fold), else prepare's
+    split (dataset.val_fraction)."""
+    cv = (int(cfg.cv.folds), int(cfg.cv.fold), int(cfg.dataset.split_seed)) if lay.folds and lay.fold is not None else None
+    return load(lay, cv)

@@ -43,31 +43,51 @@ def run_name(cfg: DictConfig) -> str:
 
 
 class Layout:
-    """Where each stage reads and writes. Stages take every path from here; none builds one itself."""
+    """Where each stage reads and writes. Stages take every path from here; none builds one itself.
+
+    With cross-validation (cv.folds=k) a name is one member of k fold models: fold i trains into
+    models/<dataset>/<name>/fold-<i>/ (cv.fold=i), and evaluate joins them into predictions/<dataset>/<name>/.
+    """
 
     def __init__(self, cfg: DictConfig):
         ds, name = str(cfg.dataset.name), run_name(cfg)
         self.dataset, self.name = ds, name
+        cv = cfg.get("cv") or {}
+        self.folds, self.fold = cv.get("folds"), cv.get("fold")
+        fold_dir = f"fold-{self.fold}" if self.folds and self.fold is not None else None
+        self._raw(cfg)
+        self._prepared(project_path(cfg.paths.processed) / ds)
+        self._trained(project_path(cfg.paths.models) / ds / name, fold_dir)
+        self._evaluated(cfg, fold_dir)
+        # predict: submissions/<dataset>-<name>.csv and its record
+        self.submissions = project_path(cfg.paths.submissions)
+        self.submission = self.submissions / f"{ds}-{name}.csv"
+        self.submission_record = self.submission.with_suffix(".json")
 
-        # the raw Kaggle files (read only; data/raw/<dataset>/ unless dataset.raw_dir says otherwise)
+    def _raw(self, cfg: DictConfig) -> None:
+        """The raw Kaggle files (read only; data/raw/<dataset>/ unless dataset.raw_dir says otherwise)."""
         self.raw = project_path(cfg.dataset.raw_dir)
         self.raw_train, self.raw_test = self.raw / "train", self.raw / "test"
         self.sample_submission = self.raw / str(cfg.dataset.sample_submission)
         self.labels_csv = self.raw / str(cfg.dataset.labels_csv) if cfg.dataset.get("labels_csv") else None
         self.download_state = self.raw / ".kagglepipe-download.json"
 
-        # prepare: data/processed/<dataset>/
-        self.processed = project_path(cfg.paths.processed) / ds
-        self.train_images, self.test_images = self.processed / "train.npy", self.processed / "test.npy"
-        self.train_manifest, self.test_manifest = self.processed / "train.csv", self.processed / "test.csv"
-        self.classes = self.processed / "classes.json"
-        self.report = self.processed / "report.json"
-        self.preview = self.processed / "preview.png"
-        self.image_files = self.processed / "images"
-        self.prepare_state = self.processed / "state.json"  # machine-specific: .dvcignore keeps it out of DVC
+    def _prepared(self, processed: Path) -> None:
+        """prepare: data/processed/<dataset>/."""
+        self.processed = processed
+        self.train_images, self.test_images = processed / "train.npy", processed / "test.npy"
+        self.train_manifest, self.test_manifest = processed / "train.csv", processed / "test.csv"
+        self.classes = processed / "classes.json"
+        self.report = processed / "report.json"
+        self.preview = processed / "preview.png"
+        self.image_files = processed / "images"
+        self.prepare_state = processed / "state.json"  # machine-specific: .dvcignore keeps it out of DVC
 
-        # train: models/<dataset>/<name>/
-        self.model_dir = project_path(cfg.paths.models) / ds / name
+    def _trained(self, member_dir: Path, fold_dir: str | None) -> None:
+        """train: models/<dataset>/<name>/ (a fold: models/<dataset>/<name>/fold-<i>/)."""
+        self.member_dir = member_dir
+        self.member_record = member_dir / "member.json"  # cross-validation: the member's folds and MLflow run
+        self.model_dir = member_dir / fold_dir if fold_dir else member_dir
         self.model = self.model_dir / "model.keras"
         self.run_info = self.model_dir / "run.json"
         self.history = self.model_dir / "history.json"
@@ -78,16 +98,16 @@ class Layout:
         self.checkpoint_best = self.checkpoint_dir / "best.keras"
         self.predictions_dir = self.model_dir / "predictions"
 
-        # evaluate: metrics/<dataset>/<name>.json, plots/<dataset>/<name>/
-        self.metrics = project_path(cfg.paths.metrics) / ds / f"{name}.json"
-        self.plots = project_path(cfg.paths.plots) / ds / name
-        self.learning_curve = self.plots / "learning_curve.png"
+    def _evaluated(self, cfg: DictConfig, fold_dir: str | None) -> None:
+        """evaluate: metrics/<dataset>/<name>.json, plots/<dataset>/<name>/; a cross-validated member's out-of-fold
+        and fold-averaged test predictions in predictions/<dataset>/<name>/."""
+        self.metrics = project_path(cfg.paths.metrics) / self.dataset / f"{self.name}.json"
+        self.plots = project_path(cfg.paths.plots) / self.dataset / self.name
+        self.learning_curve = (self.plots / fold_dir if fold_dir else self.plots) / "learning_curve.png"
         self.val_predictions = self.plots / "val_predictions.csv"
-
-        # predict: submissions/<dataset>-<name>.csv and its record
-        self.submissions = project_path(cfg.paths.submissions)
-        self.submission = self.submissions / f"{ds}-{name}.csv"
-        self.submission_record = self.submission.with_suffix(".json")
+        self.member_predictions_dir = project_path(cfg.paths.predictions) / self.dataset / self.name
+        self.oof = self.member_predictions_dir / "oof.csv"
+        self.oof_test = self.member_predictions_dir / "test.csv"
 
     def predictions(self, split: str) -> Path:
         """The model's raw probabilities for a split ("val" or "test"), with ids; its .json describes them."""

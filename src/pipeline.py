@@ -39,10 +39,7 @@ def _bring_up_to_date(cfg: DictConfig, name: str, target: str) -> None:
             raise UserError(f"the {name} stage's outputs are missing; run it first: dvc repro {name}")
         return
     if name == "train":  # the expensive stage: a model that is there is used as it is
-        lay = Layout(cfg)
-        if not lay.model.is_file():
-            raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
-                            f"name={lay.name}")
+        _require_models(cfg)
         return
     if stage(name).is_current(cfg):
         return
@@ -50,8 +47,27 @@ def _bring_up_to_date(cfg: DictConfig, name: str, target: str) -> None:
     stage(name).run(cfg)
 
 
+def _require_models(cfg: DictConfig) -> None:
+    """The trained model, or for a cross-validated member every fold's: else one line naming the command."""
+    lay = Layout(cfg)
+    if lay.folds and lay.fold is None:
+        from .oof import fold_config
+
+        missing = [i for i in range(int(lay.folds)) if not Layout(fold_config(cfg, i)).model.is_file()]
+        if missing:
+            raise UserError(f"{lay.name} has no model for fold(s) {missing} of {lay.folds}; train them first: "
+                            f"python -m src.train dataset={lay.dataset} name={lay.name} cv.folds={lay.folds}")
+    elif not lay.model.is_file():
+        raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
+                        f"name={lay.name}")
+
+
 def _outputs_exist(cfg: DictConfig, name: str) -> bool:
     lay = Layout(cfg)
     if name == "prepare":
         return stage("prepare").is_complete(cfg)
+    if name == "train" and lay.folds and lay.fold is None:
+        from .oof import fold_config
+
+        return all(Layout(fold_config(cfg, i)).model.is_file() for i in range(int(lay.folds)))
     return {"train": lay.model, "evaluate": lay.metrics}[name].is_file()

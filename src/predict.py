@@ -16,14 +16,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from . import inference, manifests, submission, tracking
+from . import inference, manifests, oof, submission, tracking
 from .files import file_sha256, read_json, write_json
 from .paths import Layout, shown_path
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     lay = Layout(cfg)
-    preds = inference.predictions(cfg, lay, "test")
+    preds = oof.test_predictions(cfg)  # the fold models' average for a cross-validated member
     scores = read_json(lay.metrics)  # evaluate's: the temperature and clip chosen on validation
     m = manifests.load(lay)
     labels, classes = m.labels(), list(m.classes)
@@ -49,13 +49,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _record(cfg: DictConfig, lay: Layout, preds: inference.Predictions, scores: dict, rows: int) -> dict[str, Any]:
     """submissions/<dataset>-<name>.json: which run, model and settings made the CSV."""
-    record = {"csv": str(lay.submission), "dataset": lay.dataset, "name": lay.name, "run_id": preds.meta.get("run_id"),
+    record = {"csv": str(lay.submission), "dataset": lay.dataset, "name": lay.name, "run_id": scores.get("run_id"),
               "tracking_uri": tracking.tracking_uri(cfg) if tracking.enabled(cfg) else None,
-              "sha256": file_sha256(lay.submission), "model": preds.meta["model"],
-              "model_sha256": preds.meta["model_sha256"], "clip": float(scores["clip"]),
+              "sha256": file_sha256(lay.submission), "model": preds.meta.get("model"),
+              "model_sha256": preds.meta.get("model_sha256"), "folds": lay.folds,
+              "fold_runs": preds.meta.get("fold_runs"), "clip": float(scores["clip"]),
               "temperature": float(scores["temperature"]), "rows": rows, "tta": bool(preds.meta["tta"]),
               "val_log_loss": scores.get("val_log_loss"), "val_accuracy": scores.get("val_accuracy"),
-              "predictions": shown_path(lay.predictions("test")),
+              "predictions": shown_path(lay.oof_test if lay.folds else lay.predictions("test")),
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_json(lay.submission_record, record)
     return record

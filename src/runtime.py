@@ -45,6 +45,7 @@ def setup(cfg: DictConfig) -> dict[str, str]:
 
     _simulated_cpu_devices()  # both before anything initialises the backend's devices
     _initialize_multiprocess(cfg)
+    keras.backend.clear_session()  # a second model in one process (folds, sweep jobs) starts as in a new process
     keras.utils.set_random_seed(int(cfg.seed))
     policy = resolve_precision(str(cfg.train.precision))
     keras.config.set_dtype_policy(policy)

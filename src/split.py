@@ -29,3 +29,19 @@ def assign_folds(ids: pd.Series, labels: pd.Series, val_fraction: float, seed: i
         n_val = min(max(int(round(val_fraction * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
         folds[idx[np.argsort(h[idx], kind="stable")[:n_val]]] = "val"
     return folds
+
+
+def assign_cv_folds(ids: pd.Series, labels: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """The cross-validation fold (0..folds-1) of each image: within each class the images are ordered by
+    hash(seed, id) and cut into `folds` equal runs, so every fold holds each class's share to within one image.
+    Fold 0 is (to within one image per class) the validation fold of dataset.val_fraction = 1/folds. Adding m
+    images to a class moves at most m of its old images across each boundary, each to a neighbouring fold."""
+    h = np.array([unit_hash(seed, str(i)) for i in ids])
+    out = np.zeros(len(ids), dtype=np.int64)
+    labels = np.asarray(labels)
+    for lab in np.unique(labels):
+        idx = np.flatnonzero(labels == lab)
+        rank = np.empty(len(idx), dtype=np.int64)
+        rank[np.argsort(h[idx], kind="stable")] = np.arange(len(idx))
+        out[idx] = rank * folds // len(idx)
+    return out

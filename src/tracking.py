@@ -150,6 +150,53 @@ def _close(client: Any, run_id: str, parent: str | None, status: str, error: str
             client.set_tag(parent, "error", f"job {name}: {error}"[:5000])
 
 
+@contextlib.contextmanager
+def parent_run(cfg: DictConfig, name: str, resume_id: str | None = None,
+               tags: dict[str, str] | None = None) -> Iterator[Run]:
+    """A run whose runs opened inside the block are its children: a cross-validated member's parent, with one
+    child per fold. Ends like training_run (a failed or interrupted fold fails or kills it)."""
+    with training_run(cfg, name, resume_id, tags) as run:
+        previous = os.environ.get(PARENT_ENV)
+        if run.id:
+            os.environ[PARENT_ENV] = run.id
+        try:
+            yield run
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_ENV, None)
+            else:
+                os.environ[PARENT_ENV] = previous
+
+
+def adopt(cfg: DictConfig, name: str, children: list[str | None], tags: dict[str, str] | None = None) -> str | None:
+    """A FINISHED parent run for runs trained apart (cross-validation folds trained one per command or host):
+    their common parent if they have one, else a new run made theirs. None with tracking off."""
+    ids = [c for c in children if c]
+    if not enabled(cfg) or not ids:
+        return None
+    client = _client(cfg)
+    parents = {_existing_run(client, c, cfg).data.tags.get("mlflow.parentRunId") for c in ids}
+    if len(parents) == 1 and None not in parents:
+        return parents.pop()
+    run_id = client.create_run(_experiment_id(client, cfg), run_name=name, tags={**_context_tags(), **(tags or {})}).info.run_id
+    for c in ids:
+        client.set_tag(c, "mlflow.parentRunId", run_id)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def member_of_run(cfg: DictConfig, run_id: str) -> str:
+    """The member name an MLflow run belongs to (a fold's, a member's or a single model's run)."""
+    if not enabled(cfg):
+        raise UserError(f"blend member {run_id} looks like an MLflow run id, but tracking is off; name the member")
+    run = _existing_run(_client(cfg), run_id, cfg)
+    dataset = run.data.tags.get("dataset")
+    if dataset and dataset != str(cfg.dataset.name):
+        raise UserError(f"blend member {run_id}: that MLflow run is on dataset {dataset}, not {cfg.dataset.name}; "
+                        "blend members of one dataset")
+    return run.data.tags.get("member") or run.info.run_name
+
+
 def attach(cfg: DictConfig, run_id: str | None, *, metrics: dict[str, float] | None = None,
            tags: dict[str, Any] | None = None, files: dict[str | None, list[Path]] | None = None,
            dicts: dict[str, Any] | None = None) -> None:

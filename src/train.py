@@ -20,24 +20,69 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, inference, interrupts, manifests, plots, runtime, tracking
+from . import checkpoint, inference, interrupts, manifests, oof, plots, runtime, tracking
 from .errors import UserError
-from .files import atomic_path, write_json, write_text
+from .files import atomic_path, read_json, write_json, write_text
 from .manifests import Manifests
 from .paths import Layout
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train the configured model; return its summary (run.json)."""
+    """Train the configured model (with cv.folds and no cv.fold: every fold in turn); return its summary."""
+    if cfg.cv.folds and cfg.cv.fold is None:
+        return train_folds(cfg)
+    return train_one(cfg)
+
+
+def train_folds(cfg: DictConfig) -> dict[str, Any]:
+    """Every fold of a cross-validated member, under one MLflow parent run. Folds already trained with this config
+    are kept, a killed fold resumes from its checkpoint, the others train: the same command finishes the member."""
     lay = Layout(cfg)
+    record = read_json(lay.member_record) if lay.member_record.is_file() else {}
+    tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "member": lay.name, "cv.folds": str(cfg.cv.folds),
+            "hydra.overrides": tracking.hydra_overrides(), **tracking.git_info()}
+    with tracking.parent_run(cfg, f"cv-{lay.name}", record.get("run_id"), tags) as parent:
+        write_json(lay.member_record, {"run_id": parent.id, "folds": int(cfg.cv.folds)})
+        parent.log_params(tracking.config_params(cfg))
+        folds = []
+        for fold in range(int(cfg.cv.folds)):
+            fold_cfg = oof.fold_config(cfg, fold)
+            done = _trained(fold_cfg)
+            if done:
+                print(f"train: fold {fold} of {lay.name} is already trained with this config; kept")
+            folds.append(done or train_one(fold_cfg))
+        scores = np.array([f["best_val_log_loss"] for f in folds])
+        parent.log_metrics({"folds_best_val_log_loss_mean": float(scores.mean()),
+                            "folds_best_val_log_loss_std": float(scores.std())})
+    print(f"train: {lay.name}: {len(folds)} folds, best val_log_loss {scores.mean():.4f} +- {scores.std():.4f}")
+    return {"member": lay.name, "run_id": parent.id, "folds": folds}
+
+
+def _trained(cfg: DictConfig) -> dict[str, Any] | None:
+    """The fold's run summary if it finished training with this very config (and its predictions are there)."""
+    lay = Layout(cfg)
+    if not (lay.run_info.is_file() and lay.model.is_file()):
+        return None
+    summary = read_json(lay.run_info)
+    current = summary.get("config_hash") == checkpoint.config_hash(cfg)
+    return summary if current and all(inference.is_current(cfg, lay, s) for s in inference.SPLITS) else None
+
+
+def train_one(cfg: DictConfig) -> dict[str, Any]:
+    """Train one model (one fold of a cross-validated member); return its summary (run.json)."""
+    lay = Layout(cfg)
+    if lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member as cross-validated
+        write_json(lay.member_record, {"run_id": None, "folds": int(lay.folds)})
     with checkpoint.exclusive(lay):
-        m = manifests.load(lay)
+        m = manifests.for_run(cfg, lay)
         rows = training_rows(cfg, m)
         rt = runtime.setup(cfg)
         state, resumed = checkpoint.start(cfg, lay)
         tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "hydra.overrides": tracking.hydra_overrides(),
-                "dataset.fingerprint": m.fingerprint(), "resumed": str(resumed).lower(), **tracking.git_info(), **rt}
-        with tracking.training_run(cfg, lay.name, state.run_id if resumed else None, tags) as run_:
+                "dataset.fingerprint": m.fingerprint(), "resumed": str(resumed).lower(), **tracking.git_info(), **rt,
+                **({"member": lay.name, "cv.folds": str(lay.folds), "cv.fold": str(lay.fold)} if lay.folds else {})}
+        run_name = f"{lay.name}-fold{lay.fold}" if lay.folds else lay.name
+        with tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) as run_:
             state.run_id = run_.id
             _record_config(cfg, lay, run_)
             print(f"train: {cfg.model.name} on {lay.dataset}: {len(rows)} train / {len(m.val)} val images, "
@@ -136,6 +181,7 @@ def _publish(cfg: DictConfig, lay: Layout, state: checkpoint.TrainingState, rt: 
     write_json(lay.history, state.history)
     plots.learning_curve(state.history, lay.learning_curve)
     summary = {"run_id": state.run_id, "name": lay.name, "dataset": lay.dataset, "model": str(lay.model),
+               "fold": lay.fold if lay.folds else None, "config_hash": checkpoint.config_hash(cfg),
                "best_epoch": state.best_epoch + 1, "best_val_log_loss": state.best_score, "epochs_run": state.epoch,
                "stopped_early": state.epoch < int(cfg.train.epochs), "fit_seconds": round(fit_seconds, 2),
                "tracking_uri": tracking.tracking_uri(cfg) if tracking.enabled(cfg) else None, **rt}

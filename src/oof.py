@@ -1,0 +1,166 @@
+"""Out-of-fold (OOF) predictions: what a member's models predicted for images none of them trained on.
+
+A cross-validated member (cv.folds=k) has k fold models; each predicted its held-out fold and the test set
+(models/<dataset>/<name>/fold-<i>/predictions/). assemble() joins them, once evaluate asks:
+
+    predictions/<dataset>/<name>/oof.csv    id, fold, label, p_<class>...   every labelled image exactly once
+    predictions/<dataset>/<name>/test.csv   id, ok, p_<class>...            the fold models' average (cv.average)
+
+each with a .json: the member, its split (folds, split seed), the classes, the averaging rule, and the MLflow
+runs (the member's and every fold's). A single-split member's OOF is its validation fold (its model's own
+predictions/val.csv). load() reads either kind, for evaluate, predict and blend: one model on one split is a
+member of one fold.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import inference, manifests
+from .errors import UserError
+from .files import atomic_path, file_sha256, read_json, write_json
+from .inference import Predictions
+from .paths import Layout
+
+EPS = 1e-15
+
+
+@dataclass
+class Member:
+    name: str
+    oof: Predictions          # id, fold, label, p_<class>...
+    test: Predictions | None  # id, ok, p_<class>... (None where only the OOF is needed)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.oof.frame["label"].to_numpy()
+
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run its results are attached to: the member's parent run, or the single model's run."""
+        return self.oof.meta.get("member_run_id")
+
+
+def fold_config(cfg: DictConfig, fold: int) -> DictConfig:
+    out = cfg.copy()
+    with open_dict(out):
+        out.cv.fold = int(fold)
+    return out
+
+
+def average(probs: list[np.ndarray], rule: str) -> np.ndarray:
+    """The mean of several models' probabilities (P(class 1), or rows of class probabilities): as probabilities,
+    or as logits (binary: the sigmoid of the mean logit; classes: the softmax of the mean log probability)."""
+    p = np.stack([np.asarray(q, dtype=np.float64) for q in probs])
+    if rule == "probability":
+        return p.mean(axis=0)
+    q = np.clip(p, EPS, 1 - EPS)
+    if q.ndim == 2:
+        return 1.0 / (1.0 + np.exp(-(np.log(q) - np.log1p(-q)).mean(axis=0)))
+    z = np.log(q).mean(axis=0)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def assemble(cfg: DictConfig) -> Member:
+    """Join a cross-validated member's fold predictions into its OOF and averaged test files; return them."""
+    lay = Layout(cfg)
+    folds = [fold_config(cfg, i) for i in range(int(cfg.cv.folds))]
+    val = [_fold_predictions(c, "val") for c in folds]
+    test = [_fold_predictions(c, "test") for c in folds]
+    frame = pd.concat([v.frame.assign(fold=i) for i, v in enumerate(val)], ignore_index=True)
+    frame = frame[["id", "fold", "label", *[c for c in frame.columns if c.startswith("p_")]]]
+    _check_covers_every_image(frame, lay)
+    classes = val[0].meta["classes"]
+    meta = {"member": lay.name, "dataset": lay.dataset, "classes": classes, "average": str(cfg.cv.average),
+            "scheme": {"kind": "cv", "folds": int(cfg.cv.folds), "seed": int(cfg.dataset.split_seed)},
+            "member_run_id": _member_run(lay), "fold_runs": [v.meta.get("run_id") for v in val],
+            "fold_models": [v.meta["model_sha256"] for v in val], "tta": val[0].meta["tta"]}
+    p = average([t.probs() for t in test], str(cfg.cv.average))
+    test_frame = test[0].frame[["id", "ok"]].copy()
+    for i, c in enumerate(classes):
+        test_frame[f"p_{c}"] = (np.stack([1 - p, p], axis=1) if p.ndim == 1 else p)[:, i]
+    _write(lay.oof, frame, {**meta, "split": "oof"})
+    _write(lay.oof_test, test_frame, {**meta, "split": "test"})
+    return Member(lay.name, inference.read(lay.oof), inference.read(lay.oof_test))
+
+
+def _fold_predictions(cfg: DictConfig, split: str) -> Predictions:
+    lay = Layout(cfg)
+    if not lay.model.is_file():
+        raise UserError(f"fold {lay.fold} of {lay.name} has no model ({lay.model}); train it: python -m src.train "
+                        f"dataset={lay.dataset} name={lay.name} cv.folds={lay.folds} (trains the missing folds)")
+    return inference.predictions(cfg, lay, split)
+
+
+def _check_covers_every_image(frame: pd.DataFrame, lay: Layout) -> None:
+    m = manifests.load(lay)
+    every = pd.concat([m.train["id"], m.val["id"]]).astype(str)
+    ids = frame["id"].astype(str)
+    if ids.duplicated().any() or set(ids) != set(every):
+        raise UserError(f"the folds of {lay.name} do not cover the {len(every)} training images once each "
+                        f"({len(ids)} OOF rows, {ids.nunique()} distinct); the data changed since they were trained: "
+                        f"train them again (python -m src.train dataset={lay.dataset} name={lay.name} "
+                        f"cv.folds={lay.folds} train.resume=false)")
+
+
+def _member_run(lay: Layout) -> str | None:
+    return read_json(lay.member_record).get("run_id") if lay.member_record.is_file() else None
+
+
+def _write(csv, frame: pd.DataFrame, meta: dict) -> None:
+    with atomic_path(csv, suffix=".csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    write_json(csv.with_suffix(".json"), {**meta, "rows": len(frame), "csv_sha256": file_sha256(csv)})
+
+
+def load(cfg: DictConfig, name: str) -> Member:
+    """Any member's OOF and test predictions, by the name it was trained under: a cross-validated member's
+    assembled files (assembled first if missing or stale, outside DVC), else a single model's validation and
+    test predictions."""
+    lay = Layout(OmegaConf.merge(cfg, {"name": name, "cv": {"folds": None, "fold": None}}))
+    if lay.member_record.is_file() and not os.environ.get("DVC_STAGE"):  # cross-validated; DVC keeps it current
+        member_cfg = OmegaConf.merge(cfg, {"name": name, "cv": {"folds": read_json(lay.member_record)["folds"],
+                                                                "fold": None}})
+        if not is_current(member_cfg):
+            return assemble(member_cfg)
+    if lay.oof.is_file() and lay.oof_test.is_file():
+        return Member(name, inference.read(lay.oof), inference.read(lay.oof_test))
+    single = lay.member_dir / "predictions"
+    if (single / "val.csv").is_file() and (single / "test.csv").is_file():
+        val, test = inference.read(single / "val.csv"), inference.read(single / "test.csv")
+        val.frame.insert(1, "fold", "val")
+        run = read_json(lay.run_info).get("run_id") if lay.run_info.is_file() else val.meta.get("run_id")
+        scheme = {"kind": "holdout", "seed": int(cfg.dataset.split_seed)}
+        for p in (val, test):
+            p.meta.update(member=name, dataset=lay.dataset, scheme=scheme, member_run_id=run, fold_runs=[run])
+        return Member(name, val, test)
+    raise UserError(f"member {name!r} has no out-of-fold predictions in {lay.oof.parent} or {single}; evaluate it "
+                    f"first: python -m src.evaluate dataset={lay.dataset} name={name} cv.folds=<its folds> "
+                    "(or train it)")
+
+
+def is_current(cfg: DictConfig) -> bool:
+    """The member's OOF and test files are whole and were assembled from its current fold models."""
+    lay = Layout(cfg)
+    for csv in (lay.oof, lay.oof_test):
+        if not (csv.is_file() and csv.with_suffix(".json").is_file()):
+            return False
+        meta = read_json(csv.with_suffix(".json"))
+        if meta.get("csv_sha256") != file_sha256(csv) or meta.get("average") != str(cfg.cv.average):
+            return False
+    folds = [fold_config(cfg, i) for i in range(int(cfg.cv.folds))]
+    models = [Layout(c).model for c in folds]
+    if not all(m.is_file() for m in models) or meta.get("fold_models") != [file_sha256(m) for m in models]:
+        return False
+    return all(inference.is_current(c, Layout(c), s) for c in folds for s in inference.SPLITS)
+
+
+def test_predictions(cfg: DictConfig) -> Predictions:
+    """The member's test probabilities: the fold average (assembled by evaluate), or the single model's."""
+    lay = Layout(cfg)
+    return inference.read(lay.oof_test) if lay.folds else inference.predictions(cfg, lay, "test")
