@@ -219,3 +219,16 @@ def check(ok: bool, what: str, failures: list[str]) -> str:
     if not ok:
         failures.append(what)
     return ("ok   " if ok else "FAIL ") + what
+
+
+def gpu_name(devices: list[str] | None = None) -> str:
+    """h100, h200, a100, ... from nvidia-smi; 'gpu' for another accelerator, 'cpu' without one."""
+    try:
+        name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=10).stdout.strip().splitlines()[0]
+        for tag in ("H200", "H100", "A100", "L40S", "L4", "A10G", "V100", "T4"):
+            if tag in name:
+                return tag.lower()
+        return "gpu"
+    except Exception:
+        return "gpu" if devices else "cpu"

@@ -1,12 +1,13 @@
 """Train an experiment several times through the project's own commands and score each submission CSV.
 
 Each repeat runs `python -m src.train +experiment=<x> seed=<i> name=<x>-<i>` then `python -m src.predict ...` (which
-evaluates first),
-and scores submissions/<dataset>-<name>.csv against labels Kaggle keeps hidden (CIFAR-10:
-../shared/data/cifar10/test_labels_for_benchmarks.csv, read only here, never by training). Time is taken
-from the run's history: the first epoch (which includes compiling) is reported apart from the rest.
+evaluates first), and scores submissions/<dataset>-<name>.csv against labels Kaggle keeps hidden (CIFAR-10:
+../shared/data/cifar10/test_labels_for_benchmarks.csv, read only here, never by training). Time is taken from the
+run's history: the first epoch (which includes compiling) is reported apart from the rest. With time left inside
+--budget, each --variant (extra overrides) runs once after the seeds. The JSON is rewritten after every run.
 
-    python benchmarks/time_to_accuracy.py --experiment cifar10_best --repeats 1 [-- extra overrides]
+    python benchmarks/time_to_accuracy.py --experiment cifar10_speed --repeats 3 --budget 480 \
+        --variant "train.epochs=12" -- dataset.raw_dir=/path/to/cifar10
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def score_csv(csv: str | Path, labels: str | Path) -> dict:
@@ -55,44 +57,76 @@ def main() -> None:
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--labels", default=str(ROOT.parent / "shared/data/cifar10/test_labels_for_benchmarks.csv"))
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/time_to_accuracy-<experiment>-<gpu>.json")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds: no run starts that would overrun it (each run is assumed to take the longest so far)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="after the seeds, with time left, one run of these extra overrides (space-separated); repeatable")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     from src.config import compose
+
+    from benchutil import gpu_name
+
+    started, longest, runs = time.perf_counter(), 0.0, []
+    out = Path(a.out or ROOT / f"benchmarks/results/time_to_accuracy-{a.experiment}-{gpu_name()}.json")
+    plan = [(i, []) for i in range(a.repeats)] + [(0, v.split()) for v in a.variant]
+    for k, (seed, variant) in enumerate(plan):
+        if a.budget is not None and time.perf_counter() - started + longest > a.budget:
+            print(f"time_to_accuracy: stopping before run {k + 1} of {len(plan)}: the {a.budget:.0f}s budget would be "
+                  "overrun", flush=True)
+            break
+        t0 = time.perf_counter()
+        name = f"{a.experiment}-{seed}" + (f"-v{k - a.repeats}" if variant else "")
+        ov = [f"+experiment={a.experiment}", f"seed={seed}", f"name={name}", *a.overrides, *variant]
+        t_train = run([sys.executable, "-m", "src.train", *ov], env)
+        t_pred = run([sys.executable, "-m", "src.predict", *ov], env)
+        r = {**_timings(compose(ov), seed, t_train, t_pred), "variant": " ".join(variant)}
+        if Path(a.labels).is_file():
+            r.update(score_csv(r["csv"], a.labels))
+        print(json.dumps(r), flush=True)
+        runs.append(r)
+        longest = max(longest, time.perf_counter() - t0)
+        _write(out, a, runs)
+    _write(out, a, runs)
+    _table(runs)
+
+
+def _timings(cfg, seed: int, t_train: float, t_pred: float) -> dict:
+    """Training seconds from the run's history: the first epoch (which compiles) apart from the rest."""
     from src.files import read_json
     from src.paths import Layout
 
-    runs = []
-    for i in range(a.repeats):
-        ov = [f"+experiment={a.experiment}", f"seed={i}", f"name={a.experiment}-{i}", *a.overrides]
-        t_train = run([sys.executable, "-m", "src.train", *ov], env)
-        t_pred = run([sys.executable, "-m", "src.predict", *ov], env)
-        lay = Layout(compose(ov))
-        hist = read_json(lay.history)
-        secs = [h.get("epoch_seconds", 0.0) for h in hist]
-        info = read_json(lay.run_info)
-        r = {"seed": i, "epochs": len(hist), "first_epoch_s": round(secs[0], 2) if secs else None,
-             "later_epochs_s": round(sum(secs[1:]), 2),
-             "train_s_excl_compile": round(sum(secs[1:]) + (sum(secs[1:]) / max(1, len(secs) - 1)), 2),
-             "fit_s": info.get("fit_seconds"), "train_cmd_s": round(t_train, 1), "predict_cmd_s": round(t_pred, 1),
-             "device": info.get("runtime.device"), "precision": info.get("runtime.precision"),
-             "csv": str(lay.submission)}
-        if Path(a.labels).is_file():
-            r.update(score_csv(lay.submission, a.labels))
-        print(json.dumps(r), flush=True)
-        runs.append(r)
-    accs = [r["accuracy"] for r in runs if "accuracy" in r]
-    summary = {"experiment": a.experiment, "overrides": a.overrides, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "runs": runs, "mean_accuracy": sum(accs) / len(accs) if accs else None}
-    out = Path(a.out or ROOT / f"benchmarks/results/time_to_accuracy-{a.experiment}.json")
+    lay = Layout(cfg)
+    hist, info = read_json(lay.history), read_json(lay.run_info)
+    secs = [h.get("epoch_seconds", 0.0) for h in hist]
+    later = secs[1:]
+    return {"seed": seed, "epochs": len(hist), "first_epoch_s": round(secs[0], 2) if secs else None,
+            "later_epochs_s": round(sum(later), 2),
+            # the first epoch without its compile counted as a later one
+            "train_s_excl_compile": round(sum(later) + sum(later) / max(1, len(later)), 2),
+            "fit_s": info.get("fit_seconds"), "train_cmd_s": round(t_train, 1), "predict_cmd_s": round(t_pred, 1),
+            "device": info.get("runtime.device"), "precision": info.get("runtime.precision"),
+            "csv": str(lay.submission)}
+
+
+def _write(out: Path, a, runs: list[dict]) -> None:
+    seeds = [r for r in runs if not r["variant"] and "accuracy" in r]
+    accs = [r["accuracy"] for r in seeds]
+    summary = {"experiment": a.experiment, "overrides": a.overrides, "runs": runs,
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "mean_accuracy": sum(accs) / len(accs) if accs else None,
+               "mean_train_s_excl_compile": sum(r["train_s_excl_compile"] for r in seeds) / len(seeds) if seeds else None}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    print("seed | epochs | accuracy | first epoch s (compile) | train s excl. compile | device")
+
+
+def _table(runs: list[dict]) -> None:
+    print("seed | variant | epochs | accuracy | first epoch s (compile) | train s excl. compile | device")
     for r in runs:
-        print(f"{r['seed']} | {r['epochs']} | {r.get('accuracy', float('nan')):.4f} | {r['first_epoch_s']} | "
-              f"{r['train_s_excl_compile']} | {r['device']}")
-    print(f"mean accuracy {summary['mean_accuracy']}")
+        print(f"{r['seed']} | {r['variant'] or '-'} | {r['epochs']} | {r.get('accuracy', float('nan')):.4f} | "
+              f"{r['first_epoch_s']} | {r['train_s_excl_compile']} | {r['device']}")
 
 
 if __name__ == "__main__":

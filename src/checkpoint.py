@@ -122,13 +122,34 @@ def save_model_atomic(model, path: Path) -> None:
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """At each epoch's end: stop on NaN, keep the best model, checkpoint for resume, log to MLflow, early-stop."""
+    """At each epoch's end: stop on NaN, keep the best model, checkpoint for resume, log to MLflow, early-stop.
 
-    def __init__(self, state: TrainingState, patience: int, run: Any):
+    every: checkpoint every that many epochs (train.checkpoint_every); 0: none (speed runs, where writing two
+    .keras files an epoch costs more than the epoch: the best weights stay in memory, a killed run starts over).
+    """
+
+    # Its batch hook only reads a flag: Keras may run it off the training thread, so it never forces the step's
+    # results to the host (a synchronous batch hook makes Keras turn every step's logs into Python numbers).
+    async_safe = True
+
+    def __init__(self, state: TrainingState, patience: int, run: Any, every: int = 1):
         super().__init__()
-        self.state, self.patience, self.run = state, patience, run
+        self.state, self.patience, self.run, self.every = state, patience, run, int(every)
         self.diverged: str | None = None
+        self.best_weights: list | None = None
         self._t0 = time.perf_counter()
+
+    def has_best(self) -> bool:
+        return self.best_weights is not None or self.state.best.is_file()
+
+    def write_best(self, path: Path) -> None:
+        """The best epoch's model, to path (atomically)."""
+        if self.best_weights is None:
+            with atomic_path(path, suffix=".keras") as tmp:
+                shutil.copyfile(self.state.best, tmp)
+            return
+        self.model.set_weights(self.best_weights)
+        save_model_atomic(self.model, path)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if interrupts.pending():  # Ctrl-C/SIGTERM (deferred, see src/interrupts.py): leave fit at this batch's end
@@ -158,17 +179,23 @@ class EpochEnd(keras.callbacks.Callback):
 
     def _checkpoint(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
         st = self.state
-        score = logs.get("val_log_loss", logs.get("log_loss", math.inf))
-        if score < st.best_score:
+        score = logs.get("val_log_loss")  # None in an epoch train.validation_freq skips: not a candidate
+        if score is None:
+            pass
+        elif score < st.best_score:
             st.best_score, st.best_epoch, st.wait = score, epoch, 0
-            save_model_atomic(self.model, st.best)
+            if self.every:
+                save_model_atomic(self.model, st.best)
+            else:
+                self.best_weights = self.model.get_weights()
         else:
             st.wait += 1
         st.epoch = epoch + 1
         st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
-        st.rng = [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)]
-        save_model_atomic(self.model, st.last)
-        st.save()  # written last: it only ever names complete checkpoint files
+        if self.every and st.epoch % self.every == 0:
+            st.rng = [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)]
+            save_model_atomic(self.model, st.last)
+            st.save()  # written last: it only ever names complete checkpoint files
 
 
 @contextlib.contextmanager

@@ -102,6 +102,8 @@ class Train(Section):
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]
     early_stopping_patience: Annotated[Count, Field(description="0 = never")]
     resume: bool
+    checkpoint_every: Annotated[Count, Field(description="0 = no resumable checkpoints")]
+    validation_freq: PositiveInt
     steps_per_execution: PositiveInt
     jit_compile: Union[Literal["auto"], bool, None]
     distribute: Literal["none", "data_parallel"]
@@ -186,6 +188,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.train.epochs % self.train.validation_freq:
+            raise _Invalid("train.validation_freq", self.train.validation_freq, f"a divisor of train.epochs "
+                           f"({self.train.epochs}), so that the last epoch is validated")
         if self.cv.folds and self.train.fit_on_all:
             raise _Invalid("train.fit_on_all", True, "false when cv.folds is set (in cross-validation every image "
                            "is some fold's validation image)")

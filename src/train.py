@@ -12,7 +12,6 @@ src/optimizer.py.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
@@ -22,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, inference, interrupts, manifests, oof, plots, runtime, tracking
 from .errors import UserError
-from .files import atomic_path, read_json, write_json, write_text
+from .files import read_json, write_json, write_text
 from .manifests import Manifests
 from .paths import Layout
 
@@ -88,8 +87,8 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             print(f"train: {cfg.model.name} on {lay.dataset}: {len(rows)} train / {len(m.val)} val images, "
                   f"{rt['runtime.precision']} on {rt['runtime.device']} ({rt['runtime.backend']})"
                   + (f"; resuming after epoch {state.epoch}" if resumed else ""))
-            fit_seconds = _fit(cfg, m, rows, state, run_, rt["runtime.precision"])
-            summary = _publish(cfg, lay, state, rt, fit_seconds)
+            fit_seconds, callback = _fit(cfg, m, rows, state, run_, rt["runtime.precision"])
+            summary = _publish(cfg, lay, state, rt, fit_seconds, callback)
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
                               "epochs_run": state.epoch, "fit_seconds": fit_seconds})
@@ -137,13 +136,14 @@ def _model(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.
 
 
 def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState,
-         run_: tracking.Run, precision: str) -> float:
-    """Fit from the state's epoch to train.epochs (early stopping, checkpoints each epoch); the seconds it took."""
+         run_: tracking.Run, precision: str) -> tuple[float, checkpoint.EpochEnd]:
+    """Fit from the state's epoch to train.epochs (early stopping, checkpoints); the seconds it took, and the
+    epoch-end callback that holds the best epoch."""
     from .data import steps_per_epoch, train_dataset, val_dataset
 
     bs = int(cfg.train.batch_size)
     steps = max(1, steps_per_epoch(len(rows), bs))
-    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_)
+    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_, int(cfg.train.checkpoint_every))
     t0 = time.perf_counter()
     with runtime.distribution(cfg):
         model = _model(cfg, m, rows, state, steps)
@@ -156,28 +156,28 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
                                      mixup=float(cfg.augment.mixup), cutmix=float(cfg.augment.cutmix))
             with interrupts.deferred():  # Ctrl-C/SIGTERM stop fit at a batch end; raised once it returns
                 model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
+                          validation_freq=int(cfg.train.validation_freq),
                           epochs=int(cfg.train.epochs), initial_epoch=state.epoch, steps_per_epoch=steps,
                           callbacks=[callback], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
     _check_outcome(cfg, state, callback, precision)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, callback
 
 
 def _check_outcome(cfg: DictConfig, state: checkpoint.TrainingState, callback: checkpoint.EpochEnd,
                    precision: str) -> None:
     if callback.diverged:
         kept = (f"the best checkpoint so far (epoch {state.best_epoch + 1}) is kept in {state.best}"
-                if state.best.is_file() else "no epoch finished before it, so there is no checkpoint")
+                if state.best.is_file() else "there is no checkpoint of an earlier epoch")
         hint = "" if precision == "float32" else " or use train.precision=float32"
         raise UserError(f"training diverged: {callback.diverged}; {kept}; lower train.lr (now {cfg.train.lr}){hint}")
-    if not state.best.is_file():
+    if not callback.has_best():
         raise UserError(f"training produced no checkpoint in {state.dir}; check the logs above")
 
 
 def _publish(cfg: DictConfig, lay: Layout, state: checkpoint.TrainingState, rt: dict[str, str],
-             fit_seconds: float) -> dict[str, Any]:
+             fit_seconds: float, callback: checkpoint.EpochEnd) -> dict[str, Any]:
     """model.keras (the best epoch), history.json, the learning curve and run.json."""
-    with atomic_path(lay.model, suffix=".keras") as tmp:
-        shutil.copyfile(state.best, tmp)
+    callback.write_best(lay.model)
     write_json(lay.history, state.history)
     plots.learning_curve(state.history, lay.learning_curve)
     summary = {"run_id": state.run_id, "name": lay.name, "dataset": lay.dataset, "model": str(lay.model),

@@ -20,6 +20,31 @@ def test_benchmark_scripts_start(script):
     assert "usage" in r.stdout
 
 
+def test_gpu_train_dry_run_measures_every_path(tmp_path):
+    """The GPU benchmark on tiny generated data, on the CPU (seconds): prepare, both models, two policies, the
+    no-rotation rerun, its JSON rows in the format results/gpu_train-<gpu>.json keeps, and the table last."""
+    import json
+
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--dry-run", "--out", str(out),
+                        "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [(x["model"], x["policy"]) for x in rows] == [
+        ("seed_cnn", "float32"), ("seed_cnn", "mixed_bfloat16"), ("resnet_cifar", "float32"),
+        ("resnet_cifar", "mixed_bfloat16"), ("seed_cnn", "float32"), ("seed_cnn", "mixed_float16")][:len(rows)]
+    assert len(rows) >= 5
+    for x in rows:
+        assert {"model", "policy", "batch", "pipeline_img_s", "ceiling_img_s", "pipeline_vs_ceiling", "compile_s"} <= set(x)
+        assert x["pipeline_img_s"] > 0 and x["ceiling_img_s"] > 0 and x["compile_s"] >= 0
+    assert "rotation=0.05" in rows[0]["augment"] and "rotation=0" in rows[4]["augment"]
+    assert r.stdout.strip().splitlines()[-1].startswith("| seed_cnn |")  # the table comes last
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_train.py"), "--dry-run", "--budget", "0",
+                        "--out", str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "the 0s budget would be overrun" in r.stdout, r.stdout[-2000:]
+    assert json.loads((tmp_path / "none.json").read_text())["results"] == []  # stopped cleanly, JSON written
+
+
 def test_benchutil_table_and_memory():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import benchutil as bu

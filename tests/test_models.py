@@ -201,13 +201,89 @@ def test_shift_fills_the_edges_as_augment_fill_mode_says(policy, mode: str):
     assert again.fill_mode == mode and again.translate == 0.25
 
 
-def test_model_augmentation_takes_fill_mode_from_the_config_and_keeps_it(policy, tmp_path: Path):
+def test_model_augmentation_takes_fill_mode_and_rotation_from_the_config_and_keeps_them(policy, tmp_path: Path):
+    """Rotation is part of the one warp (no Keras RandomRotation, which crawls under JAX on a GPU)."""
     policy("float32")
     cfg = _cfg("seed_cnn", "augment.fill_mode=wrap", "augment.rotation=0.1")
     model = build_model(cfg.model, (48, 48, 3), 2, cfg.augment)
-    shift = next(layer for layer in model.layers if isinstance(layer, RandomFlipZoomShift))
-    rotation = next(layer for layer in model.layers if isinstance(layer, keras.layers.RandomRotation))
-    assert shift.fill_mode == rotation.fill_mode == "wrap"
+    assert not [layer for layer in model.layers if isinstance(layer, keras.layers.RandomRotation)]
+    (warp,) = [layer for layer in model.layers if isinstance(layer, RandomFlipZoomShift)]
+    assert warp.fill_mode == "wrap" and warp.rotation == 0.1
     model.save(tmp_path / "m.keras")
     again = keras.saving.load_model(tmp_path / "m.keras")
-    assert next(layer for layer in again.layers if isinstance(layer, RandomFlipZoomShift)).fill_mode == "wrap"
+    (warp,) = [layer for layer in again.layers if isinstance(layer, RandomFlipZoomShift)]
+    assert warp.fill_mode == "wrap" and warp.rotation == 0.1
+    old = {k: v for k, v in warp.get_config().items() if k != "rotation"}  # saved before rotation was a key
+    assert RandomFlipZoomShift.from_config(old).rotation == 0.0
+
+
+def _rotate_numpy(img: np.ndarray, angle: float) -> np.ndarray:
+    """Bilinear rotation about the centre, computed independently (black beyond the edges)."""
+    h, w, _ = img.shape
+    out = np.zeros_like(img)
+    c, s = np.cos(angle), np.sin(angle)
+    for i in range(h):
+        for j in range(w):
+            yc, xc = i + 0.5 - h / 2, j + 0.5 - w / 2
+            y, x = c * yc - s * xc + h / 2 - 0.5, s * yc + c * xc + w / 2 - 0.5
+            y0, x0 = int(np.floor(y)), int(np.floor(x))
+            for yy, xx in ((y0, x0), (y0 + 1, x0), (y0, x0 + 1), (y0 + 1, x0 + 1)):
+                if 0 <= yy < h and 0 <= xx < w:
+                    out[i, j] += (1 - abs(y - yy)) * (1 - abs(x - xx)) * img[yy, xx]
+    return out
+
+
+def test_rotation_is_a_bilinear_rotation_about_the_centre(policy):
+    policy("float32")
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, size=(6, 12, 12, 3)).astype("float32")
+    layer = RandomFlipZoomShift(rotation=0.2, seed=5, fill_mode="constant")
+    out = np.asarray(layer(x, training=True))
+    seen = set()
+    for img, o in zip(x, out):  # each image is one rotation of itself; find its angle on a fine grid
+        errors = {a: np.abs(_rotate_numpy(img, a) - o).max() for a in np.linspace(-0.4 * np.pi, 0.4 * np.pi, 721)}
+        best = min(errors, key=errors.get)
+        assert errors[best] < 2.5, errors[best]      # within 1/360 of a turn of a true rotation
+        seen.add(round(best, 2))
+    assert len(seen) > 3  # and a different angle per image
+    quarter = np.asarray(layer._sample(keras.ops.convert_to_tensor(x), *(keras.ops.convert_to_tensor(v) for v in (
+        np.zeros(6, "float32"), np.ones(6, "float32"), np.ones(6, "float32"), np.ones(6, "float32"),
+        np.zeros(6, "float32"), np.zeros(6, "float32")))))
+    np.testing.assert_allclose(quarter, np.rot90(x, k=-1, axes=(1, 2)), atol=1e-3)  # exactly a quarter turn
+
+
+def test_mixed_float16_scales_the_loss_and_keeps_norms_and_head_in_float32(policy):
+    """What mixed precision needs on a GPU: loss scaling (Keras wraps the optimizer), batch norm statistics and
+    the output in float32 (the head's layers are float32; BatchNormalization upcasts its inputs itself)."""
+    from src.optimizer import compile_model
+
+    policy("mixed_float16")
+    cfg = _cfg("resnet_small", "model.widths=[8,16]", "model.blocks=[1,1]")
+    model = build_model(cfg.model, (32, 32, 3), 2, cfg.augment)
+    compile_model(model, cfg, 2, steps_per_epoch=3)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(v.dtype == "float32" for layer in norms for v in layer.weights)
+    assert all(layer.compute_dtype == "float32" for layer in model.layers if layer.name in ("logit", "probability"))
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"  # float16 math, float32 weights
+    policy("mixed_bfloat16")
+    model = build_model(cfg.model, (32, 32, 3), 2, cfg.augment)
+    compile_model(model, cfg, 2, steps_per_epoch=3)
+    assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # bfloat16 has float32's range
+
+
+def test_speed_run_recipe_wires_ema_label_smoothing_and_whitening():
+    """cifar10_speed's substitutes for airbench's tricks are what they say: label smoothing in the loss, the weight
+    EMA (train.ema_momentum) copied into the model once an epoch, the frozen whitening layer first."""
+    from src.optimizer import compile_model, make_optimizer
+
+    cfg = _cfg("airbench", "+experiment=cifar10_speed", "train.ema_momentum=0.9", "train.precision=float32")
+    opt = make_optimizer(cfg, steps_per_epoch=7)
+    assert opt.use_ema and opt.ema_momentum == 0.9 and opt.ema_overwrite_frequency == 7
+    model = build_model(cfg.model, (32, 32, 3), 10, cfg.augment)
+    compile_model(model, cfg, 10, steps_per_epoch=7)
+    assert model.loss.label_smoothing == 0.2
+    whiten = model.get_layer("whiten")
+    assert model.layers.index(whiten) <= 2  # right after the input and its augmentation
+    assert [w.name for w in whiten.trainable_weights] == ["bias"]  # only the bias trains

@@ -279,3 +279,34 @@ def test_a_second_run_with_the_same_name_is_refused_while_the_first_trains(tmp_p
     finally:
         os.close(fd)
     assert pipeline.run(cfg, "train")["epochs_run"] == 1  # released: the same command runs
+
+
+def test_speed_run_settings_skip_checkpoints_and_validate_the_last_epoch_only(tmp_path: Path, monkeypatch):
+    """train.checkpoint_every=0 writes no checkpoint file while training (the best weights stay in memory) and
+    still publishes the best epoch; train.validation_freq=k validates every k-th epoch, and only those compete."""
+    saved: list[str] = []
+    real = checkpoint.save_model_atomic
+    monkeypatch.setattr(checkpoint, "save_model_atomic", lambda model, path: (saved.append(Path(path).name),
+                                                                              real(model, path)))
+    cfg = _tiny_cfg(tmp_path, "tracking.enabled=false", "train.epochs=4", "train.early_stopping_patience=0",
+                    "train.checkpoint_every=0", "train.validation_freq=2")
+    summary = pipeline.run(cfg, "train")
+    history = read_json(tmp_path / "models" / "demo" / "seed_cnn" / "history.json")
+    assert [("val_log_loss" in h) for h in history] == [False, True, False, True]
+    assert summary["best_epoch"] in (2, 4)
+    best = min((h for h in history if "val_log_loss" in h), key=lambda h: h["val_log_loss"])
+    assert summary["best_val_log_loss"] == pytest.approx(best["val_log_loss"])
+    assert saved == ["model.keras"]  # no last.keras or best.keras during training: only the published model
+    import keras
+
+    from src import manifests
+    from src.data import val_dataset
+    from src.paths import Layout
+
+    model = keras.saving.load_model(tmp_path / "models" / "demo" / "seed_cnn" / "model.keras")
+    m = manifests.load(Layout(cfg))
+    model.compile(loss="binary_crossentropy", metrics=[keras.metrics.BinaryCrossentropy(name="log_loss")])
+    assert model.evaluate(val_dataset(m, 64), verbose=0, return_dict=True)["log_loss"] == pytest.approx(
+        best["val_log_loss"], rel=1e-4)  # the published model is the best validated epoch's
+    with pytest.raises(UserError, match=r"train.validation_freq=3 .* a divisor of train.epochs \(4\)"):
+        checked("train", *_tiny(), *path_overrides(tmp_path), "train.epochs=4", "train.validation_freq=3")

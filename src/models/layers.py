@@ -12,32 +12,39 @@ from keras import layers, ops
 # ------------------------------------------------------------------ augmentation (training only)
 @keras.saving.register_keras_serializable(package="kagglepipe")
 class RandomFlipZoomShift(layers.Layer):
-    """Per-image random horizontal flip, zoom and translation, in training only.
+    """Per-image random horizontal flip, zoom, translation and rotation, in training only: one warp per image.
 
-    The warp is separable, so it is two small batched matrix products (rows, then columns) with bilinear
-    weights: fast on accelerators under every backend (Keras' RandomZoom/RandomTranslation gather per pixel
-    and crawl under JAX on a GPU). Without zoom the shifts are whole pixels: an exact pad-and-crop.
-    fill_mode says what lies beyond the edges: reflect (mirrored about the edge pixels), nearest (the edge
-    pixel repeated), wrap (the opposite edge) or constant (black).
+    Without rotation the warp is separable, so it is two small batched matrix products (rows, then columns) with
+    bilinear weights; with rotation it is one bilinear sample of four neighbours (flat gathers). Both are fast on
+    accelerators under every backend, where Keras' RandomZoom/RandomTranslation/RandomRotation crawl under JAX on
+    a GPU (their affine_transform interpolates over a 3-D volume, channels included, through
+    jax.scipy.ndimage.map_coordinates). Without zoom or rotation the shifts are whole pixels: an exact
+    pad-and-crop. rotation is a fraction of a full turn (0.05: up to +-18 degrees), as in Keras. fill_mode says
+    what lies beyond the edges: reflect (mirrored about the edge pixels), nearest (the edge pixel repeated),
+    wrap (the opposite edge) or constant (black).
     """
 
     def __init__(self, flip: bool = False, zoom: float = 0.0, translate: float = 0.0, seed: int | None = None,
-                 fill_mode: str = "reflect", **kwargs: Any):
+                 fill_mode: str = "reflect", rotation: float = 0.0, **kwargs: Any):
         super().__init__(**kwargs)
         self.flip, self.zoom, self.translate, self.seed = bool(flip), float(zoom), float(translate), seed
-        self.fill_mode = str(fill_mode)
+        self.fill_mode, self.rotation = str(fill_mode), float(rotation)
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _remap(self, c, n: int):
+        """Source coordinates beyond the edges, mapped back in as fill_mode says (constant: left as they are)."""
+        if self.fill_mode == "reflect":
+            period = 2.0 * (n - 1)
+            c = ops.mod(c, period)
+            return ops.where(c > n - 1, period - c, c)
+        if self.fill_mode == "nearest":
+            return ops.clip(c, 0.0, n - 1.0)
+        return c
 
     def _weights(self, n: int, scale, shift):
         """(B, n_out, n_in) bilinear sampling matrices: output pixel i reads input coordinate c_i."""
         i = ops.arange(n, dtype="float32")
-        c = (i[None, :] + 0.5 - n / 2) * scale[:, None] + n / 2 - 0.5 + shift[:, None]
-        if self.fill_mode == "reflect":
-            period = 2.0 * (n - 1)
-            c = ops.mod(c, period)
-            c = ops.where(c > n - 1, period - c, c)
-        elif self.fill_mode == "nearest":
-            c = ops.clip(c, 0.0, n - 1.0)
+        c = self._remap((i[None, :] + 0.5 - n / 2) * scale[:, None] + n / 2 - 0.5 + shift[:, None], n)
         distance = ops.abs(c[:, :, None] - i[None, None, :])
         if self.fill_mode == "wrap":
             distance = ops.mod(distance, float(n))
@@ -50,23 +57,53 @@ class RandomFlipZoomShift(layers.Layer):
             return x
         b = ops.shape(x)[0]
         h, w = int(x.shape[1]), int(x.shape[2])
-        u = keras.random.uniform((4, b), seed=self.seed_generator)
+        u = keras.random.uniform((5 if self.rotation else 4, b), seed=self.seed_generator)
         scale = 1.0 + self.zoom * (2.0 * u[0] - 1.0)
         ty, tx = self.translate * h * (2.0 * u[1] - 1.0), self.translate * w * (2.0 * u[2] - 1.0)
-        if not self.zoom:
+        if not (self.zoom or self.rotation):
             ty, tx = ops.round(ty), ops.round(tx)
         sx = scale * ops.where(u[3] < 0.5, -1.0, 1.0) if self.flip else scale
+        if self.rotation:
+            angle = self.rotation * 2.0 * np.pi * (2.0 * u[4] - 1.0)
+            return self._sample(x, ops.cos(angle), ops.sin(angle), scale, sx, ty, tx)
         ay = ops.cast(self._weights(h, scale, ty), self.compute_dtype)
         ax = ops.cast(self._weights(w, sx, tx), self.compute_dtype)
         x = ops.einsum("bij,bjwc->biwc", ay, x)
         return ops.einsum("bkw,biwc->bikc", ax, x)
+
+    def _sample(self, x, cos, sin, sy, sx, ty, tx):
+        """The rotated warp: each output pixel's source point (rotation of the zoomed, flipped offset from the
+        centre, then the shift), read by bilinear interpolation of its four neighbours."""
+        b, h, w, c = ops.shape(x)[0], int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+        yc = (ops.arange(h, dtype="float32") + 0.5 - h / 2)[None, :, None]
+        xc = (ops.arange(w, dtype="float32") + 0.5 - w / 2)[None, None, :]
+        cos, sin, sy, sx = (v[:, None, None] for v in (cos, sin, sy, sx))
+        ys = self._remap(cos * sy * yc - sin * sx * xc + h / 2 - 0.5 + ty[:, None, None], h)
+        xs = self._remap(sin * sy * yc + cos * sx * xc + w / 2 - 0.5 + tx[:, None, None], w)
+        y0, x0 = ops.floor(ys), ops.floor(xs)
+        flat = ops.reshape(x, (-1, c))
+        base = (ops.arange(b, dtype="int32") * (h * w))[:, None, None]
+        out = 0.0
+        for dy in (0.0, 1.0):
+            for dx in (0.0, 1.0):
+                yi, xi = y0 + dy, x0 + dx
+                weight = (1.0 - ops.abs(ys - yi)) * (1.0 - ops.abs(xs - xi))
+                if self.fill_mode == "constant":  # neighbours beyond the edges read black
+                    weight = weight * ops.cast((yi >= 0) & (yi <= h - 1) & (xi >= 0) & (xi <= w - 1), "float32")
+                if self.fill_mode == "wrap":
+                    yi, xi = ops.mod(yi, float(h)), ops.mod(xi, float(w))
+                yi, xi = ops.clip(yi, 0, h - 1), ops.clip(xi, 0, w - 1)
+                index = base + ops.cast(yi, "int32") * w + ops.cast(xi, "int32")
+                pixels = ops.reshape(ops.take(flat, ops.reshape(index, (-1,)), axis=0), (b, h, w, c))
+                out = out + ops.cast(weight, self.compute_dtype)[..., None] * pixels
+        return out
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         return {**super().get_config(), "flip": self.flip, "zoom": self.zoom, "translate": self.translate,
-                "seed": self.seed, "fill_mode": self.fill_mode}
+                "seed": self.seed, "fill_mode": self.fill_mode, "rotation": self.rotation}
 
 
 def augmentation(aug: Any, seed: int) -> list[layers.Layer]:
@@ -74,11 +111,9 @@ def augmentation(aug: Any, seed: int) -> list[layers.Layer]:
     if aug is None:
         return []
     out: list[layers.Layer] = []
-    fill = str(aug.fill_mode)
-    if aug.rotation:
-        out.append(layers.RandomRotation(float(aug.rotation), fill_mode=fill, seed=seed + 1))
-    if aug.flip or aug.zoom or aug.translate:
-        out.append(RandomFlipZoomShift(bool(aug.flip), float(aug.zoom), float(aug.translate), seed=seed, fill_mode=fill))
+    if aug.flip or aug.zoom or aug.translate or aug.rotation:
+        out.append(RandomFlipZoomShift(bool(aug.flip), float(aug.zoom), float(aug.translate), seed=seed,
+                                       fill_mode=str(aug.fill_mode), rotation=float(aug.rotation)))
     if aug.contrast:
         out.append(layers.RandomContrast(float(aug.contrast), value_range=(0, 255), seed=seed + 4))
     return out
