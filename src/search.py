@@ -167,10 +167,15 @@ def _unfinished(study) -> list[Any]:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried(trials)
     # FAIL without an error of its own: stopped by Ctrl-C, SIGTERM or a crash, wherever it was (sampling included)
     return [t for t in trials if t.number not in retried and (
         t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and ERROR not in t.user_attrs))]
+
+
+def _retried(trials: list[Any]) -> set[int]:
+    """The trials that a later trial runs again (RetryHeartbeatStaleTrialCallback's retry_history)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def _run_ids(cfg: DictConfig, trial) -> set[str]:
@@ -187,7 +192,7 @@ def _finished_count(study) -> int:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried(trials)
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return sum(t.state in ended and t.number not in retried for t in trials)
 
