@@ -303,8 +303,9 @@ def _report(cfg: DictConfig, lay: Layout, study, dims: list[search_space.Dimensi
     counts = {k: sum(t.state == s for t in trials) for k, s in states.items()}
     study.trials_dataframe().to_csv(lay.search_trials, index=False)
     if not counts["complete"]:
-        raise UserError(f"search: study {lay.study} has no completed trial yet ({counts}); see the trial lines above "
-                        f"and {lay.search_trials}")
+        raise UserError(f"search: study {lay.study} has no completed trial ({counts['pruned']} pruned, "
+                        f"{counts['failed']} failed; see {lay.search_trials}); raise search.trials to run more, or "
+                        "prune less (search.pruner.*)")
     best = study.best_trial
     values = search_space.params_to_values(best.params, dims)
     command = shlex.join(["python", "-m", "src.train", *_command_overrides(values), f"name={lay.study}-best"])
