@@ -31,11 +31,11 @@ def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train the configured model (with cv.folds and no cv.fold: every fold in turn); return its summary.
     callbacks: Keras callbacks run after each epoch's checkpoint (a search's pruning: src/search.py)."""
     if cfg.cv.folds and cfg.cv.fold is None:
-        return train_folds(cfg)
+        return train_folds(cfg, callbacks)
     return train_one(cfg, callbacks)
 
 
-def train_folds(cfg: DictConfig) -> dict[str, Any]:
+def train_folds(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Every fold of a cross-validated member, under one MLflow parent run. Folds already trained with this config
     are kept, a killed fold resumes from its checkpoint, the others train: the same command finishes the member."""
     lay = Layout(cfg)
@@ -51,7 +51,7 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
             done = trained(fold_cfg)
             if done:
                 print(f"train: fold {fold} of {lay.name} is already trained with this config; kept")
-            folds.append(done or train_one(fold_cfg))
+            folds.append(done or train_one(fold_cfg, callbacks))
         scores = np.array([f["best_val_log_loss"] for f in folds])
         parent.log_metrics({"folds_best_val_log_loss_mean": float(scores.mean()),
                             "folds_best_val_log_loss_std": float(scores.std())})
