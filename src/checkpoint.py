@@ -12,21 +12,18 @@ one would have. The checkpoint is removed when the run finishes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import keras
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from . import interrupts
-from .errors import UserError
-from .files import atomic_path, read_json, short_hash, write_json
+from .files import atomic_path, locked, read_json, short_hash, write_json
 from .paths import Layout
 
 # Config keys that define a training run: a checkpoint made under other values is not resumed.
@@ -198,19 +195,9 @@ class EpochEnd(keras.callbacks.Callback):
             st.save()  # written last: it only ever names complete checkpoint files
 
 
-@contextlib.contextmanager
-def exclusive(lay: Layout) -> Iterator[None]:
+def exclusive(lay: Layout) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on a run's model folder while training into it: a second run with the same dataset
     and name would otherwise share (and wipe) its checkpoint. The operating system drops the lock when the
     process ends, however it ends (a killed run can be resumed at once)."""
-    lay.model_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lay.model_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(f"another training run is writing to {lay.model_dir} (name={lay.name}); wait for it to "
-                            "finish, stop it, or give this run another name=...") from None
-        yield
-    finally:
-        os.close(fd)
+    return locked(lay.model_dir, f"another training run is writing to {lay.model_dir} (name={lay.name}); wait for it "
+                                 "to finish, stop it, or give this run another name=...")

@@ -168,6 +168,71 @@ class Blend(Section):
     weights: Literal["fit", "mean"]
 
 
+class SearchParam(Section):
+    """One key of a search space (search.space): a float or int range, or a list of choices."""
+    type: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[Positive] = None
+    choices: Optional[list[Any]] = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        return self._choices_only() if self.type == "categorical" else self._range_only()
+
+    def _choices_only(self):
+        if not self.choices:
+            raise _Invalid("choices", self.choices, "a non-empty list of config values")
+        for k in ("low", "high", "step"):
+            if getattr(self, k) is not None:
+                raise _Invalid(k, getattr(self, k), "nothing: a categorical key takes choices only")
+        if self.log:
+            raise _Invalid("log", True, "false: a categorical key takes choices only")
+        return self
+
+    def _range_only(self):
+        for k in ("low", "high"):
+            if getattr(self, k) is None:
+                raise _Invalid(k, None, f"a number: a {self.type} key takes low and high (or use type: categorical)")
+        if self.choices is not None:
+            raise _Invalid("choices", self.choices, f"nothing: a {self.type} key takes low and high")
+        if not self.low < self.high:
+            raise _Invalid("high", self.high, f"a number above low={self.low:g} (the range is empty)")
+        if self.log and self.low <= 0:
+            raise _Invalid("low", self.low, "a number > 0 with log: true (a log scale starts above 0)")
+        if self.log and self.step is not None:
+            raise _Invalid("step", self.step, "null with log: true (Optuna samples a log scale without steps)")
+        for k in ("low", "high", "step") if self.type == "int" else ():
+            if getattr(self, k) is not None and not float(getattr(self, k)).is_integer():
+                raise _Invalid(k, getattr(self, k), "a whole number for an int key")
+        return self
+
+
+class Pruner(Section):
+    kind: Literal["median", "halving", "threshold", "none"]
+    warmup_epochs: Count
+    startup_trials: Count
+    threshold: Optional[float]
+
+    @model_validator(mode="after")
+    def _threshold_given(self):
+        if self.kind == "threshold" and self.threshold is None:
+            raise _Invalid("threshold", None, "a val_log_loss above which a trial is pruned (pruner.kind=threshold)")
+        return self
+
+
+class Search(Section):
+    study: Name
+    trials: PositiveInt
+    timeout: Optional[Positive]
+    storage: Optional[Name]
+    seed: int
+    start_from_config: bool
+    pruner: Pruner
+    space: dict[str, Any]  # config keys -> SearchParam, nested as in the config; checked by src/search_space.py
+
+
 class Config(Section):
     name: Name
     seed: int
@@ -185,6 +250,7 @@ class Config(Section):
     member: Optional[Name]
     members: dict[str, dict[str, Any]]
     blend: Blend
+    search: Search
 
     @model_validator(mode="after")
     def _consistent(self):

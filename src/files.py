@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +46,22 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(folder: Path, busy: str) -> Iterator[None]:
+    """An exclusive lock on a folder (made if missing) while the block runs; held elsewhere: UserError(busy). The
+    operating system drops it when the process ends, however it ends, so a killed run can be rerun at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(busy) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(target: str | os.PathLike, text: str) -> None:

@@ -59,6 +59,7 @@ class Layout:
         self._prepared(project_path(cfg.paths.processed) / ds)
         self._trained(project_path(cfg.paths.models) / ds / name, fold_dir)
         self._evaluated(cfg, fold_dir)
+        self._searched(cfg)
         # predict: submissions/<dataset>-<name>.csv and its record
         self.submissions = project_path(cfg.paths.submissions)
         self.submission = self.submissions / f"{ds}-{name}.csv"
@@ -108,6 +109,19 @@ class Layout:
         self.member_predictions_dir = project_path(cfg.paths.predictions) / self.dataset / self.name
         self.oof = self.member_predictions_dir / "oof.csv"
         self.oof_test = self.member_predictions_dir / "test.csv"
+
+    def _searched(self, cfg: DictConfig) -> None:
+        """python -m src.search: the Optuna store (optuna.db beside the MLflow sqlite store unless search.storage
+        names one) and models/<dataset>/<study>-search/: best.json, trials.csv; each trial trains as a run named
+        <study>-trial<k>."""
+        from .tracking import store_folder
+
+        search = cfg.get("search") or {}
+        self.study = str(search.get("study") or self.name)
+        self.optuna_db = store_folder(cfg) / "optuna.db"
+        self.search_dir = self.member_dir.parent / f"{self.study}-search"
+        self.search_best = self.search_dir / "best.json"
+        self.search_trials = self.search_dir / "trials.csv"
 
     def predictions(self, split: str) -> Path:
         """The model's raw probabilities for a split ("val" or "test"), with ids; its .json describes them."""

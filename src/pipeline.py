@@ -26,11 +26,16 @@ def stage(name: str):
     return importlib.import_module(f"src.{name}")
 
 
-def run(cfg: DictConfig, target: str) -> Any:
-    """Bring the stages before `target` up to date, then run it."""
+def run(cfg: DictConfig, target: str, **options: Any) -> Any:
+    """Bring the stages before `target` up to date, then run it (options go to its run, e.g. train's callbacks)."""
+    prerequisites(cfg, target)
+    return stage(target).run(cfg, **options)
+
+
+def prerequisites(cfg: DictConfig, target: str) -> None:
+    """Bring the stages before `target` up to date (a command that runs `target` many times does this once)."""
     for name in ORDER[:ORDER.index(target)] if target in ORDER else ():
         _bring_up_to_date(cfg, name, target)
-    return stage(target).run(cfg)
 
 
 def _bring_up_to_date(cfg: DictConfig, name: str, target: str) -> None:

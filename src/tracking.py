@@ -28,6 +28,7 @@ from .files import file_sha256, read_json
 from .paths import PROJECT_ROOT
 
 PARENT_ENV = "KAGGLEPIPE_MLFLOW_PARENT_RUN"  # set while a Hydra sweep runs: its parent run's id
+_TOLERANT_PARENTS: set[str] = set()  # parents a failed child leaves open (a search: a failed trial is one result)
 _MAX_PARAM = 6000
 
 
@@ -40,11 +41,21 @@ def tracking_uri(cfg: DictConfig) -> str:
     """tracking.uri (a relative sqlite path is rooted at the project) > $MLFLOW_TRACKING_URI > default_uri()."""
     uri = cfg.tracking.get("uri")
     if uri:
-        uri = str(uri)
-        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
-            uri = f"sqlite:///{PROJECT_ROOT / uri[len('sqlite:///'):]}"
-        return uri
+        return rooted(str(uri))
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def rooted(uri: str) -> str:
+    """A database URI with a relative sqlite path taken from the project root (also Optuna's search.storage)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        return f"sqlite:///{PROJECT_ROOT / uri[len('sqlite:///'):]}"
+    return uri
+
+
+def store_folder(cfg: DictConfig) -> Path:
+    """The folder of the sqlite MLflow store (the project root for any other store): Optuna's study goes there."""
+    db = _sqlite_file(tracking_uri(cfg))
+    return db.resolve().parent if db is not None else PROJECT_ROOT
 
 
 def enabled(cfg: DictConfig) -> bool:
@@ -144,7 +155,7 @@ def _close(client: Any, run_id: str, parent: str | None, status: str, error: str
     with contextlib.suppress(Exception):  # closing must never hide the error that ended the run
         client.set_tag(run_id, "error", error[:5000])
     client.set_terminated(run_id, status)
-    if parent:  # a failed job fails its sweep: the parent must not stay RUNNING
+    if parent and parent not in _TOLERANT_PARENTS:  # a failed job fails its sweep: the parent must not stay RUNNING
         with contextlib.suppress(Exception):
             client.set_terminated(parent, status)
             client.set_tag(parent, "error", f"job {name}: {error}"[:5000])
@@ -152,16 +163,20 @@ def _close(client: Any, run_id: str, parent: str | None, status: str, error: str
 
 @contextlib.contextmanager
 def parent_run(cfg: DictConfig, name: str, resume_id: str | None = None,
-               tags: dict[str, str] | None = None) -> Iterator[Run]:
+               tags: dict[str, str] | None = None, failed_children_fail_it: bool = True) -> Iterator[Run]:
     """A run whose runs opened inside the block are its children: a cross-validated member's parent, with one
-    child per fold. Ends like training_run (a failed or interrupted fold fails or kills it)."""
+    child per fold. Ends like training_run (a failed or interrupted fold fails or kills it; with
+    failed_children_fail_it=False, as for a search's trials, a failed child leaves it running)."""
     with training_run(cfg, name, resume_id, tags) as run:
         previous = os.environ.get(PARENT_ENV)
         if run.id:
             os.environ[PARENT_ENV] = run.id
+            if not failed_children_fail_it:
+                _TOLERANT_PARENTS.add(run.id)
         try:
             yield run
         finally:
+            _TOLERANT_PARENTS.discard(run.id)
             if previous is None:
                 os.environ.pop(PARENT_ENV, None)
             else:
@@ -212,6 +227,35 @@ def attach(cfg: DictConfig, run_id: str | None, *, metrics: dict[str, float] | N
     run.log_files(files or {})
     for artifact_file, obj in (dicts or {}).items():
         client.log_dict(run_id, obj, artifact_file)
+
+
+def end_run(cfg: DictConfig, run_id: str | None, status: str, tags: dict[str, Any] | None = None) -> None:
+    """Give a run (a search's trial) its final status and tags: KILLED for a pruned trial, which trained
+    cleanly to the epoch it was stopped at. No-op with tracking off or no run id."""
+    if not enabled(cfg) or not run_id:
+        return
+    client = _client(cfg)
+    Run(client, run_id).set_tags(tags or {})
+    client.set_terminated(run_id, status)
+
+
+def close_orphans(cfg: DictConfig, parent: str | None, keep: set[str], error: str, done_tag: str) -> int:
+    """The children of `parent` that a stopped process left RUNNING or KILLED without the tag `done_tag` (which
+    the parent's own code gives the runs it ended): those in `keep` (runs a rerun resumes) end KILLED with the tag
+    `error`; the others hold no finished epoch and are deleted (MLflow's soft delete), so a rerun's fresh run is
+    the only one of its name. Returns how many were deleted."""
+    if not enabled(cfg) or not parent:
+        return 0
+    client = _client(cfg)
+    stale = [c for c in _children(client, parent)
+             if c.info.status in ("RUNNING", "KILLED") and done_tag not in c.data.tags]
+    for child in stale:
+        if child.info.run_id in keep:
+            client.set_tag(child.info.run_id, "error", error)
+            client.set_terminated(child.info.run_id, "KILLED")
+        else:
+            client.delete_run(child.info.run_id)
+    return sum(c.info.run_id not in keep for c in stale)
 
 
 def _existing_run(client: Any, run_id: str, cfg: DictConfig) -> Any:
@@ -327,12 +371,17 @@ def git_info() -> dict[str, str]:
 
 
 def hydra_overrides() -> str:
+    return " ".join(hydra_override_list())
+
+
+def hydra_override_list() -> list[str]:
+    """The command line's overrides (none outside a Hydra run)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return " ".join(HydraConfig.get().overrides.task)
+        return list(HydraConfig.get().overrides.task)
     except (ImportError, ValueError):  # no Hydra run
-        return ""
+        return []
 
 
 # ------------------------------------------------------------------ sweeps: one parent run per -m

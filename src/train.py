@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,14 +26,15 @@ from .manifests import Manifests
 from .paths import Layout
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train the configured model (with cv.folds and no cv.fold: every fold in turn); return its summary."""
+def run(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train the configured model (with cv.folds and no cv.fold: every fold in turn); return its summary.
+    callbacks: Keras callbacks run after each epoch's checkpoint (a search's pruning: src/search.py)."""
     if cfg.cv.folds and cfg.cv.fold is None:
-        return train_folds(cfg)
-    return train_one(cfg)
+        return train_folds(cfg, callbacks)
+    return train_one(cfg, callbacks)
 
 
-def train_folds(cfg: DictConfig) -> dict[str, Any]:
+def train_folds(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Every fold of a cross-validated member, under one MLflow parent run. Folds already trained with this config
     are kept, a killed fold resumes from its checkpoint, the others train: the same command finishes the member."""
     lay = Layout(cfg)
@@ -46,10 +47,10 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
         folds = []
         for fold in range(int(cfg.cv.folds)):
             fold_cfg = oof.fold_config(cfg, fold)
-            done = _trained(fold_cfg)
+            done = trained(fold_cfg)
             if done:
                 print(f"train: fold {fold} of {lay.name} is already trained with this config; kept")
-            folds.append(done or train_one(fold_cfg))
+            folds.append(done or train_one(fold_cfg, callbacks))
         scores = np.array([f["best_val_log_loss"] for f in folds])
         parent.log_metrics({"folds_best_val_log_loss_mean": float(scores.mean()),
                             "folds_best_val_log_loss_std": float(scores.std())})
@@ -57,8 +58,8 @@ def train_folds(cfg: DictConfig) -> dict[str, Any]:
     return {"member": lay.name, "run_id": parent.id, "folds": folds}
 
 
-def _trained(cfg: DictConfig) -> dict[str, Any] | None:
-    """The fold's run summary if it finished training with this very config (and its predictions are there)."""
+def trained(cfg: DictConfig) -> dict[str, Any] | None:
+    """The run's summary if it finished training with this very config (and its predictions are there)."""
     lay = Layout(cfg)
     if not (lay.run_info.is_file() and lay.model.is_file()):
         return None
@@ -67,7 +68,7 @@ def _trained(cfg: DictConfig) -> dict[str, Any] | None:
     return summary if current and all(inference.is_current(cfg, lay, s) for s in inference.SPLITS) else None
 
 
-def train_one(cfg: DictConfig) -> dict[str, Any]:
+def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one model (one fold of a cross-validated member); return its summary (run.json)."""
     lay = Layout(cfg)
     if lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member as cross-validated
@@ -87,7 +88,7 @@ def train_one(cfg: DictConfig) -> dict[str, Any]:
             print(f"train: {cfg.model.name} on {lay.dataset}: {len(rows)} train / {len(m.val)} val images, "
                   f"{rt['runtime.precision']} on {rt['runtime.device']} ({rt['runtime.backend']})"
                   + (f"; resuming after epoch {state.epoch}" if resumed else ""))
-            fit_seconds, callback = _fit(cfg, m, rows, state, run_, rt["runtime.precision"])
+            fit_seconds, callback = _fit(cfg, m, rows, state, run_, rt["runtime.precision"], callbacks)
             summary = _publish(cfg, lay, state, rt, fit_seconds, callback)
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
@@ -136,9 +137,10 @@ def _model(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.
 
 
 def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState,
-         run_: tracking.Run, precision: str) -> tuple[float, checkpoint.EpochEnd]:
+         run_: tracking.Run, precision: str, callbacks: Sequence[Any] = ()) -> tuple[float, checkpoint.EpochEnd]:
     """Fit from the state's epoch to train.epochs (early stopping, checkpoints); the seconds it took, and the
-    epoch-end callback that holds the best epoch."""
+    epoch-end callback that holds the best epoch. `callbacks` are the caller's extra Keras callbacks (a search
+    trial's pruning)."""
     from .data import steps_per_epoch, train_dataset, val_dataset
 
     bs = int(cfg.train.batch_size)
@@ -158,7 +160,8 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
                 model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
                           validation_freq=int(cfg.train.validation_freq),
                           epochs=int(cfg.train.epochs), initial_epoch=state.epoch, steps_per_epoch=steps,
-                          callbacks=[callback], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
+                          callbacks=[callback, *callbacks], shuffle=False,
+                          verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
     _check_outcome(cfg, state, callback, precision)
     return time.perf_counter() - t0, callback
 
