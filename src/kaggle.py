@@ -365,7 +365,7 @@ def _record_on_run(cfg: DictConfig, record: dict[str, Any], csv: Path) -> None:
     find that run from Kaggle's list of submissions."""
     from . import tracking
 
-    if not record.get("run_id") and tracking.enabled(cfg):
+    if not record.get("run_id") and tracking.has_runs(cfg):
         with contextlib.suppress(UserError):
             record["run_id"] = tracking.run_for_file(cfg, csv).info.run_id
     if not record.get("run_id"):
@@ -414,7 +414,7 @@ def record_scores(cfg: DictConfig, lay: Layout, rows: list[dict[str, Any]]) -> N
     cannot be told is left out with a note."""
     from . import tracking
 
-    if not tracking.enabled(cfg):
+    if not tracking.has_runs(cfg):
         return
     for row in rows:
         scores = {k: v for k in ("public_score", "private_score") if (v := _score(row.get(k))) is not None}

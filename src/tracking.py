@@ -54,6 +54,12 @@ def enabled(cfg: DictConfig) -> bool:
     return bool(cfg.tracking.enabled)
 
 
+def has_runs(cfg: DictConfig) -> bool:
+    """Tracking is on and its store exists (a sqlite file not there yet holds no run to add results to)."""
+    db = _sqlite_file(tracking_uri(cfg))
+    return enabled(cfg) and (db is None or db.is_file())
+
+
 # ------------------------------------------------------------------ a run to log into
 class Run:
     """An open MLflow run, or (tracking off) one that records nothing: stage code never checks which."""

@@ -470,6 +470,14 @@ def test_leaderboard_scores_land_on_the_runs_that_made_the_csvs(tmp_path, store,
     assert {r.info.run_id for r in found} == {ids["seed_cnn"], ids["blend"]}       # searchable, plottable
 
 
+def test_status_without_a_store_creates_none(tmp_path, creds_dir, monkeypatch, capsys):
+    fake = use(monkeypatch, FakeKaggle())
+    fake.elsewhere = [{"ref": 1, "date": "2024-05-06", "file_name": "dogs_vs_cats-x.csv", "status": "complete",
+                       "public_score": "0.5", "private_score": "0.5", "description": "d"}]
+    kg.run("status", cfg_for(tmp_path, "dataset=dogs_vs_cats"))
+    assert "0.5" in capsys.readouterr().out and not (tmp_path / "mlflow.db").exists()  # no runs to score: untouched
+
+
 def test_invalid_csv_is_refused_and_nothing_sent(tmp_path, creds_dir, monkeypatch):
     _raw_with_sample(tmp_path)
     fake = use(monkeypatch, FakeKaggle())
