@@ -333,7 +333,8 @@ def _client(cfg: DictConfig):
     return client
 
 
-# MLflow 3's UI opens an experiment in the view its kind names; without this tag it may guess the GenAI view
+# MLflow 3's UI (before 3.17, which follows its own GenAI | Model training switch) opens an experiment in the view
+# this tag names; without it, it may guess the GenAI one
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
