@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from . import calibration, metrics, oof, submission, tracking
+from . import calibration, metrics, oof, progress, submission, tracking
 from .errors import UserError
 from .files import file_sha256, write_json
 from .oof import Member
@@ -109,8 +109,9 @@ def fit_weights(y: np.ndarray, probs: list[np.ndarray], space: str, metric: str)
     k = len(probs)
     if metric == "accuracy":
         grid = [np.array(c) / 20 for c in itertools.product(range(21), repeat=k) if sum(c) == 20]
-        return max(grid, key=lambda w: (metrics.accuracy(y, combine(probs, w, space)),
-                                        -metrics.kaggle_log_loss(y, combine(probs, w, space))))
+        return max(progress.track(grid, "blend: weight grid", total=len(grid), unit="point"),
+                   key=lambda w: (metrics.accuracy(y, combine(probs, w, space)),
+                                  -metrics.kaggle_log_loss(y, combine(probs, w, space))))
     from scipy.optimize import minimize
 
     res = minimize(lambda w: metrics.kaggle_log_loss(y, combine(probs, w, space)), np.full(k, 1 / k),

@@ -7,6 +7,7 @@ A pipeline stage runs through src/pipeline.py, which first brings the stages bef
 """
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Callable
 
@@ -66,10 +67,51 @@ def precheck_overrides(argv: list[str]) -> None:
     try:
         compose(argv)
     except (HydraException, OmegaConfBaseException) as e:
-        print(f"error: {one_line(str(e))} (groups and keys are in conf/)", file=sys.stderr)
+        print(f"error: {quoting_hint(argv) or one_line(str(e)) + ' (groups and keys are in conf/)'}", file=sys.stderr)
         sys.exit(2)
     finally:
         GlobalHydra.instance().clear()
+
+
+def quoting_hint(argv: list[str]) -> str | None:
+    """For the first override Hydra cannot parse, the same value quoted in Hydra's grammar, ready to paste (paths
+    with ~ ( ) , = ' [ ] and the like need it; a value the shell split at its spaces is joined again); None when
+    every override parses (the problem is elsewhere) or quoting would not help."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for i, arg in enumerate(argv):
+        try:
+            parser.parse_override(arg)
+            continue
+        except Exception as e:
+            problem = one_line(str(e)).split("; See https")[0]
+        if "=" not in arg and i > 0 and "=" in argv[i - 1]:  # the shell split "key=my big data" at its spaces
+            words = itertools.takewhile(lambda a: "=" not in a, argv[i:])
+            arg = " ".join([argv[i - 1], *words])
+        if "=" not in arg:
+            return None
+        key, value = arg.split("=", 1)
+        quoted = f"{key}={_hydra_quote(value)}"
+        try:
+            if parser.parse_override(quoted).value() != value:
+                return None
+        except Exception:
+            return None
+        shell = '"' + re.sub(r'([\\"$`])', r"\\\1", quoted) + '"'  # for a POSIX shell's double quotes
+        return (f"{arg!r}: Hydra cannot read this override ({problem}); quote the value in Hydra's grammar, inside "
+                f"the shell's quotes: {shell}  (see README, 'Configuration')")
+    return None
+
+
+def _hydra_quote(value: str) -> str:
+    """A value as a quoted Hydra string (double quotes for a value with a ' in it): that quote escaped, and the
+    backslashes before it or the end doubled."""
+    q = '"' if "'" in value and '"' not in value else "'"
+    escaped = re.sub(rf"(\\+)(?={q}|$)", lambda m: m.group(1) * 2, value).replace(q, "\\" + q)
+    return f"{q}{escaped}{q}"
 
 
 def _refuse_fold_sweep(argv: list[str]) -> None:

@@ -136,6 +136,9 @@ class Tracking(Section):
     enabled: bool
     uri: Optional[Name]
     experiment: Name
+    log_model: bool
+    register_model: bool = Field(alias="register")  # `register` itself would shadow BaseModel.register
+    registered_model: Name
 
 
 class Kaggle(Section):
@@ -346,7 +349,8 @@ def _show(value: Any) -> str:
 def describe_field(schema: type[BaseModel], keys: list[str]) -> str:
     annotation, metadata, note = schema, [], None
     for k in keys:
-        field = annotation.model_fields[k]
+        fields = annotation.model_fields  # a key is a field's name, or its alias (Tracking.register)
+        field = fields[k] if k in fields else next(f for f in fields.values() if f.alias == k)
         annotation, metadata, note = field.annotation, list(field.metadata), field.description
     text = describe(annotation, metadata)
     return f"{text} ({note})" if note else text

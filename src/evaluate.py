@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from . import calibration, inference, metrics, oof, plots, submission, tracking
+from . import calibration, inference, manifests, metrics, oof, plots, submission, tracking
 from .files import atomic_path, file_sha256, read_json, write_json
 from .paths import Layout
 
@@ -40,7 +40,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracking.attach(cfg, result["run_id"], metrics=numbers, files={
         "evaluation": [lay.metrics], "plots": sorted(f for f in lay.plots.glob("*") if f.suffix in (".png", ".json", ".csv"))})
+    _log_model(cfg, lay, member, cal, result)
     return result
+
+
+def _log_model(cfg: DictConfig, lay: Layout, member: oof.Member, cal: calibration.Calibration,
+               result: dict[str, Any]) -> None:
+    """The member as one MLflow Model on its run: its model file(s) with the settings that make its submission
+    (fold average, TTA, this temperature and clip), so the model predicts what the CSV holds."""
+    files = [Layout(oof.fold_config(cfg, i)).model for i in range(int(lay.folds))] if lay.folds else [lay.model]
+    settings = {"classes": list(member.oof.meta["classes"]), "tta": bool(member.oof.meta["tta"]),
+                "average": str(cfg.cv.average), "temperature": cal.temperature, "clip": cal.clip}
+    example = np.array(np.load(manifests.load(lay).test_images, mmap_mode="r")[:2])  # two test images
+    uri = tracking.log_model(cfg, result["run_id"], lay.name, files, settings, example,
+                             {k: float(result[k]) for k in ("val_log_loss", "val_accuracy")})
+    if uri:
+        print(f"evaluate: MLflow Model {uri} (mlflow.pyfunc.load_model; predicts the submitted probabilities)")
 
 
 def _holdout(cfg: DictConfig, lay: Layout) -> oof.Member:

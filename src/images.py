@@ -12,13 +12,13 @@ import multiprocessing as mp
 import os
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import progress
 from .files import atomic_path
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -140,12 +140,8 @@ def resize_all(paths: list[str], size: int, mode: str, out: Path, pool, workers:
         # small chunks: cheap to send (paths), and the last one leaves a core idle only briefly
         results = map(_write_job, jobs) if pool is None else pool.imap(
             _write_job, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 4))))
-        t0 = time.perf_counter()
         try:
-            for i, err in enumerate(results):
-                errors.append(err)
-                if (i + 1) % 20000 == 0:
-                    print(f"prepare: {label} {i + 1}/{len(jobs)} images ({(i + 1) / (time.perf_counter() - t0):.0f} img/s)")
+            errors.extend(progress.track(results, f"prepare: {label}", total=len(jobs), unit="img"))
         finally:
             fd = _OUT_FDS.pop(str(tmp), None)  # the in-process writer's file
             if fd is not None:

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
+from . import progress
 from .errors import UserError
 from .files import atomic_path, file_sha256, read_json, write_json
 from .paths import Layout, shown_path
@@ -37,22 +38,30 @@ class Predictions:
 
 
 def load_model(lay: Layout):
+    if not lay.model.is_file():
+        raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
+                        f"name={lay.name}")
+    return load_keras(lay.model)
+
+
+def load_keras(path: Path):
+    """A saved .keras model, with the project's custom layers registered."""
     import keras
 
     from . import models  # noqa: F401  (registers the custom layers the saved model refers to)
 
-    if not lay.model.is_file():
-        raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
-                        f"name={lay.name}")
-    return keras.saving.load_model(lay.model)
+    return keras.saving.load_model(path)
 
 
-def predict_proba(model, make_dataset, tta: bool) -> np.ndarray:
+def predict_proba(model, make_dataset, tta: bool, what: str = "inference", n: int | None = None) -> np.ndarray:
     """Probabilities in dataset order (1-D P(class 1) for two classes); tta also averages over horizontally
-    flipped images. make_dataset(flip) gives the images."""
-    p = np.asarray(model.predict(make_dataset(False), verbose=0), dtype=np.float64)
-    if tta:
-        p = (p + np.asarray(model.predict(make_dataset(True), verbose=0), dtype=np.float64)) / 2
+    flipped images. make_dataset(flip) gives the n images; progress is shown as `what` (src/progress.py)."""
+    passes = (False, True) if tta else (False,)
+    with progress.bar(what, total=n * len(passes) if n else None, unit="img") as shown:
+        callbacks = [progress.predict_callback(shown)]
+        outs = [np.asarray(model.predict(make_dataset(flip), verbose=0, callbacks=callbacks), dtype=np.float64)
+                for flip in passes]
+    p = outs[0] if len(outs) == 1 else (outs[0] + outs[1]) / 2
     return p.reshape(len(p)) if p.ndim == 2 and p.shape[1] == 1 else p
 
 
@@ -64,10 +73,12 @@ def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] =
     bs, tta = int(cfg.train.batch_size), bool(cfg.train.tta)
     for split in splits:
         if split == "val":
-            p = predict_proba(model, lambda flip: val_dataset(m, max(bs, 64), flip=flip), tta)
+            p = predict_proba(model, lambda flip: val_dataset(m, max(bs, 64), flip=flip), tta, "inference: val",
+                              len(m.val))
             frame = pd.DataFrame({"id": m.val["id"], "label": m.val["label"]})
         else:
-            p = predict_proba(model, lambda flip: test_dataset(m, max(bs, 256), flip=flip), tta)
+            p = predict_proba(model, lambda flip: test_dataset(m, max(bs, 256), flip=flip), tta, "inference: test",
+                              len(m.test))
             frame = pd.DataFrame({"id": m.test["id"], "ok": m.test["ok"].astype(bool)})
         columns = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
         for i, c in enumerate(m.classes):

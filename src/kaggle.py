@@ -17,6 +17,7 @@ then unpacks train.zip/test.7z... into train/ and test/.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -30,7 +31,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from .errors import UserError
-from .files import atomic_path, read_json, write_json
+from .files import atomic_path, file_sha256, read_json, write_json
 from .kaggle_api import (API_ENV, CHUNK, Backend, Credentials, Download, KaggleHTTPError,  # noqa: F401 (re-exported)
                          OfficialBackend, api_error, config_dir, load_credentials, make_backend, redact)
 from .paths import Layout, project_path
@@ -295,7 +296,11 @@ def submit(cfg: DictConfig, kaggle: Session) -> dict[str, Any]:
                    "ref": reply.get("ref"), "reply": redact(reply.get("message", ""))})
     print(f"kaggle: submitted ({record['reply'] or 'ok'}); see the score with: python -m src.kaggle status "
           f"dataset={lay.dataset}")
-    _record_on_run(cfg, record)
+    _record_on_run(cfg, record, csv)
+    try:  # the scores Kaggle already has (this one's once scored; usually it is still pending)
+        record_scores(cfg, lay, kaggle.call("listing submissions", kaggle.backend.submissions, kaggle.competition))
+    except UserError as e:
+        print(f"kaggle: note: the scores were not read back ({e})")
     return record
 
 
@@ -354,20 +359,26 @@ def check_csv(cfg: DictConfig, lay: Layout, csv: Path) -> int:
     return len(df)
 
 
-def _record_on_run(cfg: DictConfig, record: dict[str, Any]) -> None:
-    """The submission, as tags and a JSON artifact on the MLflow run that made the CSV."""
+def _record_on_run(cfg: DictConfig, record: dict[str, Any], csv: Path) -> None:
+    """The submission, as tags and a JSON artifact on the MLflow run that made the CSV (named in the .json predict
+    writes beside it, else found by the CSV's sha256: a blend's run); the tag kaggle.ref.<ref>.sha256 lets status
+    find that run from Kaggle's list of submissions."""
     from . import tracking
 
+    if not record.get("run_id") and tracking.has_runs(cfg):
+        with contextlib.suppress(UserError):
+            record["run_id"] = tracking.run_for_file(cfg, csv).info.run_id
     if not record.get("run_id"):
-        print(f"kaggle: note: no run recorded beside {Path(record['file']).name} (the .json predict writes); "
-              "the submission is not linked to an MLflow run")
+        print(f"kaggle: note: no MLflow run made {csv.name} (no run in its .json, none with its sha256); the "
+              "submission is not linked to an MLflow run")
         return
     stamp = record["time"].replace(":", "").replace("-", "")
+    ref = {f"kaggle.ref.{record['ref']}.sha256": file_sha256(csv)} if record.get("ref") is not None else {}
     try:
         tracking.attach(cfg, record["run_id"], dicts={f"kaggle/submission-{stamp}.json": record}, tags={
             "kaggle.competition": record["competition"], "kaggle.submission.file": record["file"],
             "kaggle.submission.message": record["message"][:5000], "kaggle.submission.time": record["time"],
-            "kaggle.submission.ref": str(record.get("ref"))})
+            "kaggle.submission.ref": str(record.get("ref")), **ref})
     except Exception as e:  # the submission went through; a tracking problem must not hide that
         print(f"kaggle: warning: submitted, but could not record it on MLflow run {record['run_id']} "
               f"({redact(type(e).__name__)}: {redact(e).splitlines()[0][:200] if str(e) else ''})")
@@ -391,7 +402,73 @@ def status(cfg: DictConfig, kaggle: Session) -> list[dict[str, Any]]:
     widths = [max(len(t[i]) for t in table) for i in range(len(head) - 1)]
     for t in table:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(t, widths)) + "  " + t[-1])
+    record_scores(cfg, Layout(cfg), rows)
     return rows
+
+
+# ------------------------------------------------------------------ leaderboard scores onto the runs
+def record_scores(cfg: DictConfig, lay: Layout, rows: list[dict[str, Any]]) -> None:
+    """Each scored submission's public and private score as the metrics kaggle.public_score and
+    kaggle.private_score (and the tags kaggle.ref.<ref>.public_score, ...) on the MLflow run that made its CSV, so
+    that MLflow can set validation against leaderboard scores. Recorded once per submission; a submission whose run
+    cannot be told is left out with a note."""
+    from . import tracking
+
+    if not tracking.has_runs(cfg):
+        return
+    for row in rows:
+        scores = {k: v for k in ("public_score", "private_score") if (v := _score(row.get(k))) is not None}
+        if not scores:
+            continue
+        ref, name = row.get("ref"), str(row.get("file_name") or "")
+        found = _run_of(cfg, lay, row)
+        if isinstance(found, str):
+            print(f"kaggle: note: the scores of {name or ref} are not on any MLflow run: {found}")
+            continue
+        tags = {f"kaggle.ref.{ref}.{k}": repr(v) for k, v in scores.items()}
+        if all(found.data.tags.get(k) == v for k, v in tags.items()):
+            continue  # recorded by an earlier status
+        tracking.attach(cfg, found.info.run_id, metrics={f"kaggle.{k}": v for k, v in scores.items()}, tags=tags)
+        shown = ", ".join(f"{k.split('_')[0]} {v:g}" for k, v in scores.items())
+        print(f"kaggle: {name} ({shown}) recorded on MLflow run {found.info.run_id} ({found.info.run_name})")
+
+
+def _score(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_of(cfg: DictConfig, lay: Layout, row: dict[str, Any]) -> Any:
+    """The run that made a submission's CSV: the run submit tagged with its ref, else (a file submitted some other
+    way) the run behind submissions/<its file name> by content, if that file is older than the submission (a newer
+    one is not what was sent). A string says why there is none."""
+    from . import tracking
+
+    if row.get("ref") is not None:
+        run = tracking.run_with_tag(cfg, f"kaggle.ref.{row['ref']}.sha256")
+        if run is not None:
+            return run
+    csv = lay.submissions / Path(str(row.get("file_name") or "")).name
+    if not row.get("file_name") or not csv.is_file():
+        return f"it was not sent by this project's submit and {csv} is not here"
+    sent = _when(row.get("date"))
+    if sent is None or csv.stat().st_mtime > sent.timestamp():
+        return f"{csv} was written after the submission ({row.get('date')}), so it may not be what was sent"
+    try:
+        return tracking.run_for_file(cfg, csv)
+    except UserError as e:
+        return str(e)
+
+
+def _when(date: Any) -> datetime | None:
+    """Kaggle's submission time (UTC when it names no zone)."""
+    try:
+        t = datetime.fromisoformat(str(date).strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 # ------------------------------------------------------------------ CLI

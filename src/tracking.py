@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import io
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,6 +63,12 @@ def store_folder(cfg: DictConfig) -> Path:
 
 def enabled(cfg: DictConfig) -> bool:
     return bool(cfg.tracking.enabled)
+
+
+def has_runs(cfg: DictConfig) -> bool:
+    """Tracking is on and its store exists (a sqlite file not there yet holds no run to add results to)."""
+    db = _sqlite_file(tracking_uri(cfg))
+    return enabled(cfg) and (db is None or db.is_file())
 
 
 # ------------------------------------------------------------------ a run to log into
@@ -266,6 +275,97 @@ def _existing_run(client: Any, run_id: str, cfg: DictConfig) -> Any:
                         "in (tracking.uri=..., see tracking_uri in the run.json beside the model)") from e
 
 
+# ------------------------------------------------------------------ a member as an MLflow Model
+ALIAS = "best"  # the registered version with the best validation (or OOF) score
+
+
+def log_model(cfg: DictConfig, run_id: str | None, name: str, model_files: list[Path], settings: dict[str, Any],
+              example: Any, scores: dict[str, float]) -> str | None:
+    """Log a member's Keras model file(s) as one MLflow Model on its run (src/mlflow_model.py: uint8 images in,
+    the submitted probabilities out; settings: its classes, tta, average, temperature, clip), with an input
+    signature and `example` (a few images); with tracking.register, register it and move the alias `best`.
+    Returns the model's URI; None with tracking or tracking.log_model off."""
+    if not (enabled(cfg) and run_id and cfg.tracking.log_model):
+        return None
+    import mlflow
+    from mlflow.models import Model, ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    client = _client(cfg)
+    run = _existing_run(client, run_id, cfg)
+    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]),
+                               outputs=Schema([ColSpec("double", f"p_{c}") for c in settings["classes"]]))
+    with _fluent_uri(cfg, run.info.experiment_id), tempfile.TemporaryDirectory() as tmp:
+        artifacts = {"settings": Path(tmp) / "settings.json"}
+        artifacts["settings"].write_text(json.dumps(settings, indent=1))
+        for i, p in enumerate(model_files):  # folds' files share a name: each goes in under its own (links are refused)
+            artifacts[f"model-{i}"] = Path(tmp) / f"model-{i}.keras"
+            shutil.copyfile(p, artifacts[f"model-{i}"])
+        info = Model.log(
+            artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+            artifacts={k: str(v) for k, v in artifacts.items()},
+            python_model=str(PROJECT_ROOT / "src" / "mlflow_model.py"), code_paths=[str(PROJECT_ROOT / "src")],
+            signature=signature, input_example=example, pip_requirements=_model_requirements(),
+            tags={k: str(v) for k, v in scores.items()})
+        if cfg.tracking.register:
+            _register(cfg, client, info.model_id, run_id, scores)
+    return info.model_uri
+
+
+def _register(cfg: DictConfig, client: Any, model_id: str, run_id: str, scores: dict[str, float]) -> None:
+    """A new version of tracking.registered_model; the alias `best` moves to the version with the best score."""
+    import mlflow
+
+    name = str(cfg.tracking.registered_model)
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines: ours says it all
+        version = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in scores.items()})
+    versions = client.search_model_versions(f"name = '{name}'")
+    best = min((v for v in versions if "val_log_loss" in v.tags), key=lambda v: _rank(v.tags, str(cfg.dataset.metric)))
+    client.set_registered_model_alias(name, ALIAS, best.version)
+    print(f"tracking: registered {name} version {version.version} (run {run_id}); alias {ALIAS} -> version "
+          f"{best.version}")
+
+
+def _rank(tags: dict[str, str], metric: str) -> tuple[float, float]:
+    """Smaller is better: log loss (then accuracy), or accuracy (then log loss) for an accuracy competition."""
+    loss, acc = float(tags["val_log_loss"]), float(tags.get("val_accuracy", "nan"))
+    return (-acc, loss) if metric == "accuracy" else (loss, -acc)
+
+
+def _model_requirements() -> list[str]:
+    """The packages a logged model needs to load and predict, at this environment's versions (given, not
+    inferred: MLflow's inference would load the model in a subprocess at every evaluate)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    backend = {"jax": ["jax"], "torch": ["torch"]}.get(os.environ.get("KERAS_BACKEND", ""),
+                                                       ["tensorflow", "tensorflow-cpu"])
+    out = []
+    for package in ["mlflow", "cloudpickle", "keras", "numpy", "pandas", "omegaconf", "pydantic", *backend]:
+        with contextlib.suppress(PackageNotFoundError):
+            out.append(f"{package}=={version(package)}")
+    return out
+
+
+@contextlib.contextmanager
+def _fluent_uri(cfg: DictConfig, experiment_id: str) -> Iterator[None]:
+    """MLflow's model logging and registry calls use the process-wide store and experiment (the store's
+    registry looks the logged model up there too): this store and the run's experiment, meanwhile."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    previous_experiment = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_experiment is None:
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        else:
+            os.environ["MLFLOW_EXPERIMENT_ID"] = previous_experiment
+
+
 # ------------------------------------------------------------------ the store
 def _client(cfg: DictConfig):
     from mlflow.tracking import MlflowClient
@@ -277,27 +377,39 @@ def _client(cfg: DictConfig):
     return client
 
 
+# MLflow 3's UI (before 3.17, which follows its own GenAI | Model training switch) opens an experiment in the view
+# this tag names; without it, it may guess the GenAI one
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment_id(client: Any, cfg: DictConfig) -> str:
-    """The run's experiment (tracking.experiment), created with its artifacts beside a sqlite store."""
+    """The run's experiment (tracking.experiment), created with its artifacts beside a sqlite store, and marked
+    as model training (EXPERIMENT_KIND; an experiment made before that is marked on its next run)."""
     name = str(cfg.tracking.experiment)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     db = _sqlite_file(tracking_uri(cfg))
     location = (db.resolve().parent / "mlruns").as_uri() if db is not None else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except Exception:  # created meanwhile by a concurrent job
         return client.get_experiment_by_name(name).experiment_id
 
 
 def _quiet_mlflow_logs() -> None:
-    """MLflow's own chatter (schema creation, alembic migrations, 'View run' lines) stays below WARNING."""
+    """MLflow's own chatter (schema creation, alembic migrations, 'View run' lines, model logging) stays below
+    WARNING."""
     import logging
 
     for name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils", "mlflow.tracking.fluent",
-                 "mlflow.tracking._tracking_service.client", "mlflow.store.sqlalchemy_store"):
+                 "mlflow.tracking._tracking_service.client", "mlflow.store.sqlalchemy_store", "mlflow.pyfunc",
+                 "mlflow.models.model"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars while logging a model
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -460,9 +572,18 @@ def run_for_file(cfg: DictConfig, path: str | Path) -> Any:
     record = path.with_suffix(".json")
     if record.is_file() and read_json(record).get("run_id"):
         return client.get_run(read_json(record)["run_id"])
-    digest = file_sha256(path)
-    ids = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(ids, filter_string=f"tags.`submission.sha256` = '{digest}'", max_results=1) if ids else []
-    if not runs:
+    run = _run_with(client, f"tags.`submission.sha256` = '{file_sha256(path)}'")
+    if run is None:
         raise UserError(f"{path}: no MLflow run in {tracking_uri(cfg)} holds a submission with this content")
-    return runs[0]
+    return run
+
+
+def run_with_tag(cfg: DictConfig, key: str) -> Any:
+    """The run (in any experiment) that carries the tag `key`, or None."""
+    return _run_with(_client(cfg), f"tags.`{key}` LIKE '%'")
+
+
+def _run_with(client: Any, filter_string: str) -> Any:
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, filter_string=filter_string, max_results=1) if ids else []
+    return runs[0] if runs else None

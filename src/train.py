@@ -11,7 +11,6 @@ src/optimizer.py.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, inference, interrupts, manifests, oof, plots, runtime, tracking
+from . import checkpoint, inference, interrupts, manifests, oof, plots, progress, runtime, tracking
 from .errors import UserError
 from .files import read_json, write_json, write_text
 from .manifests import Manifests
@@ -160,8 +159,8 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
                 model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
                           validation_freq=int(cfg.train.validation_freq),
                           epochs=int(cfg.train.epochs), initial_epoch=state.epoch, steps_per_epoch=steps,
-                          callbacks=[callback, *callbacks], shuffle=False,
-                          verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
+                          callbacks=[*progress.train_callbacks(int(cfg.train.epochs), steps), callback, *callbacks],
+                          shuffle=False, verbose=progress.fit_verbosity())
     _check_outcome(cfg, state, callback, precision)
     return time.perf_counter() - t0, callback
 

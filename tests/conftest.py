@@ -21,11 +21,12 @@ TINY = ["dataset=demo", "dataset.image_size=48", "dataset.demo.n_train_per_class
 
 
 def path_overrides(base: Path) -> list[str]:
-    """Point every output (and the MLflow store) into base."""
+    """Point every output (and the MLflow store) into base. Evaluate's MLflow Model logging (a copy of the model
+    and of src/, and a load to check its example: ~1 s) is off; the tests of it turn it on."""
     return [f"paths.raw={base}/raw", f"paths.processed={base}/processed", f"paths.models={base}/models",
             f"paths.metrics={base}/metrics", f"paths.plots={base}/plots", f"paths.predictions={base}/predictions",
             f"paths.submissions={base}/submissions",
-            f"tracking.uri=sqlite:///{base}/mlflow.db"]
+            f"tracking.uri=sqlite:///{base}/mlflow.db", "tracking.log_model=false"]
 
 
 def compose(*overrides: str):
@@ -60,6 +61,25 @@ def cifar_cfg(base: Path, raw: Path, *extra: str, stage: str = "prepare"):
     """CIFAR-10 from the raw folder `raw`, outputs under base, checked for `stage`."""
     return checked(stage, *path_overrides(base), "dataset=cifar10", f"dataset.raw_dir={raw}", "prepare.workers=1",
                    "prepare.preview=false", *extra)
+
+
+# ------------------------------------------------------------------ an MLflow store
+@pytest.fixture(scope="session")
+def template(tmp_path_factory) -> Path:
+    """An empty store at MLflow's current schema, made once: creating one runs every migration (~10 s here)."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path: Path, template: Path) -> Path:
+    """The test's tmp_path with a copy of the empty store as tmp_path/mlflow.db (where path_overrides points
+    tracking.uri)."""
+    shutil.copyfile(template, tmp_path / "mlflow.db")
+    return tmp_path
 
 
 # ------------------------------------------------------------------ one tiny trained demo model, shared

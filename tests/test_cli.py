@@ -130,6 +130,24 @@ def test_unknown_key_or_group_option(tmp_path: Path, module: str, override: str,
     assert _outputs(tmp_path) == [] and not (tmp_path / "raw").exists()
 
 
+def test_a_raw_folder_hydra_cannot_read_gets_its_quoted_form_which_works(tmp_path: Path):
+    """A path with characters Hydra's override grammar reserves (~ ( ) , = ' ...), or a value the shell split at its
+    spaces: one line with the override quoted for Hydra inside the shell's quotes; pasting that prepares the data."""
+    import shlex
+
+    raw = tmp_path / "my data (copy)" / "demo"
+    r = run_cli("src.prepare", *_ov(tmp_path), *TINY, f"dataset.raw_dir={raw}")
+    line = _one_error_line(r, f"'dataset.raw_dir={raw}': Hydra cannot read this override",
+                           f"quote the value in Hydra's grammar, inside the shell's quotes: \"dataset.raw_dir='{raw}'\"")
+    assert _outputs(tmp_path) == [] and not raw.exists()
+    split = run_cli("src.prepare", *_ov(tmp_path), *TINY, *f"dataset.raw_dir={tmp_path}/my big data".split(" "))
+    _one_error_line(split, f"\"dataset.raw_dir='{tmp_path}/my big data'\"")     # the shell's split, joined again
+    (pasted,) = shlex.split(line.split("inside the shell's quotes: ")[1].split("  (see README")[0])
+    ok = run_cli("src.prepare", *_ov(tmp_path), *TINY, pasted)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert (raw / "train").is_dir() and (tmp_path / "processed" / "demo" / "train.npy").is_file()
+
+
 def test_missing_raw_folder(tmp_path: Path):
     r = run_cli("src.train", *_ov(tmp_path), "dataset=dogs_vs_cats")
     _one_error_line(r, str(tmp_path / "raw" / "dogs_vs_cats"), "not found")

@@ -260,12 +260,14 @@ def test_killed_fold_resumes_and_finished_folds_stay(tmp_path: Path):
     assert all(c.info.status == "FINISHED" and c.data.tags["cv.folds"] == str(K) for c in children)
     assert parent.info.status == "FINISHED" and read_json(member / "member.json")["run_id"] == parent.info.run_id
 
-    # evaluate attaches the OOF metrics to the parent; the blend is its own run tagged with its members' runs
+    # evaluate attaches the OOF metrics to the parent, and the member as one MLflow Model: its K fold models,
+    # predicting what the member's CSV holds; the blend is its own run tagged with its members' runs
     ov = [*TINY, *path_overrides(tmp_path), f"cv.folds={K}"]
-    pipeline.run(compose(*ov), "evaluate")
+    pipeline.run(compose(*ov, "tracking.log_model=true"), "predict")
     parent = client.get_run(parent.info.run_id)
     assert parent.data.metrics["eval.val_log_loss"] == pytest.approx(read_json(tmp_path / "metrics" / "demo" / "seed_cnn.json")["val_log_loss"])
     assert "eval.fold_val_log_loss_mean" in parent.data.metrics
+    _check_member_model(client, tmp_path, parent.info.run_id)
     pipeline.run(compose(*ov, "name=second"), "train")
     pipeline.run(compose(*ov, "blend.members=[seed_cnn,second]", "blend.name=pair"), "blend")
     (b,) = [x for x in client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -274,3 +276,20 @@ def test_killed_fold_resumes_and_finished_folds_stay(tmp_path: Path):
     assert b.data.tags["blend.member.seed_cnn.run_id"] == parent.info.run_id
     assert {"submission/demo-pair.csv", "evaluation/pair.json"} <= {a.path for d in ("submission", "evaluation")
                                                                     for a in client.list_artifacts(b.info.run_id, d)}
+
+
+def _check_member_model(client, base: Path, parent_run: str) -> None:
+    import mlflow
+
+    (logged,) = client.search_logged_models([e.experiment_id for e in client.search_experiments()])
+    assert logged.source_run_id == parent_run
+    mlflow.set_tracking_uri(f"sqlite:///{base}/mlflow.db")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(model.unwrap_python_model().models) == K
+    test = pd.read_csv(base / "processed" / "demo" / "test.csv")
+    out = model.predict(np.load(base / "processed" / "demo" / "test.npy")[test["index"].to_numpy()])
+    submitted = pd.read_csv(base / "submissions" / "demo-seed_cnn.csv").set_index("id").loc[test["id"], "label"]
+    np.testing.assert_allclose(out["p_dog"].to_numpy(), submitted.to_numpy(), rtol=1e-6)

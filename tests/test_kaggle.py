@@ -91,6 +91,7 @@ class FakeKaggle:
         self.creds = creds
         self.opens: list[dict] = []
         self.sent: list[dict] = []
+        self.elsewhere: list[dict] = []  # submissions made some other way (Kaggle's web page, its CLI)
 
     def open_download(self, competition, offset, validator):
         if self.error:
@@ -122,7 +123,7 @@ class FakeKaggle:
             raise kg.KaggleHTTPError(self.error, "denied")
         return [{"ref": 4242, "date": "2025-01-02 03:04:05", "file_name": "dogs_vs_cats-seed_cnn.csv",
                  "description": m["message"], "status": "complete", "public_score": "0.12345", "private_score": ""}
-                for m in reversed(self.sent)]
+                for m in reversed(self.sent)] + self.elsewhere
 
 
 def subprocess_factory(creds):
@@ -368,7 +369,8 @@ def _raw_with_sample(base: Path, n: int = 4) -> None:
     (raw / "sample_submission.csv").write_text("id,label\n" + "".join(f"{i},0.5\n" for i in range(1, n + 1)))
 
 
-def test_submit_valid_records_on_mlflow_and_never_leaks_credentials(tmp_path, creds_dir, monkeypatch, capsys, caplog):
+def test_submit_valid_records_on_mlflow_and_never_leaks_credentials(tmp_path, store, creds_dir, monkeypatch, capsys,
+                                                                   caplog):
     import logging
 
     from mlflow.tracking import MlflowClient
@@ -416,6 +418,64 @@ def test_submit_valid_records_on_mlflow_and_never_leaks_credentials(tmp_path, cr
     assert KEY.encode() not in db and USER.encode() not in db
     files = [p for p in (tmp_path / "mlruns").rglob("*") if p.is_file()]
     assert files and not any(KEY.encode() in p.read_bytes() for p in files)
+
+
+def test_leaderboard_scores_land_on_the_runs_that_made_the_csvs(tmp_path, store, creds_dir, monkeypatch, capsys):
+    """submit tags its run with the submission's ref (and records any score already there); status puts each
+    scored submission's public/private score on the run behind its CSV, once: by that ref, else (a file sent some
+    other way) by the CSV's sha256 (a blend's CSV, whose .json names no run), never by a file newer than the
+    submission."""
+    from mlflow.tracking import MlflowClient
+
+    from src import tracking
+    from src.files import file_sha256
+
+    cfg = cfg_for(tmp_path, "dataset=dogs_vs_cats")
+    _raw_with_sample(tmp_path)
+    subs = tmp_path / "submissions"
+    ids = {}
+    for name in ("seed_cnn", "blend", "late"):
+        csv = _csv(subs, f"dogs_vs_cats-{name}.csv", [1, 2, 3, 4], [0.1, 0.9, 0.2, 0.3 + len(name) / 100])
+        with tracking.training_run(cfg, name, tags={"submission.sha256": file_sha256(csv)}) as run:
+            ids[name] = run.id
+        os.utime(csv, (1e9, 1e9))  # 2001: older than the submissions below
+    (subs / "dogs_vs_cats-seed_cnn.json").write_text(json.dumps({"run_id": ids["seed_cnn"], "name": "seed_cnn"}))
+    (subs / "dogs_vs_cats-blend.json").write_text(json.dumps({"blend": True, "name": "blend"}))  # as blend writes it
+    os.utime(subs / "dogs_vs_cats-late.csv")  # rewritten after it was submitted
+    fake = use(monkeypatch, FakeKaggle())
+    kg.run("submit", cfg_for(tmp_path, "dataset=dogs_vs_cats", f"submit.file={subs}/dogs_vs_cats-seed_cnn.csv"))
+    client = MlflowClient(tracking.tracking_uri(cfg))
+    assert client.get_run(ids["seed_cnn"]).data.metrics["kaggle.public_score"] == 0.12345  # scored at once here
+    fake.elsewhere = [
+        {"ref": 7, "date": "2024-05-06T07:08:09Z", "file_name": "dogs_vs_cats-blend.csv", "status": "complete",
+         "public_score": "0.2", "private_score": "0.21", "description": "by hand"},
+        {"ref": 8, "date": "2024-05-06 07:08:09", "file_name": "dogs_vs_cats-late.csv", "status": "complete",
+         "public_score": "0.3", "private_score": "0.31", "description": "by hand"},
+        {"ref": 9, "date": "2024-05-06 07:08:09", "file_name": "dogs_vs_cats-blend.csv", "status": "pending",
+         "public_score": None, "private_score": None, "description": "not scored yet"}]
+    capsys.readouterr()
+    for _ in range(2):  # the second status finds everything recorded already
+        kg.run("status", cfg)
+    out = capsys.readouterr().out
+    runs = {k: client.get_run(v) for k, v in ids.items()}
+    assert runs["blend"].data.metrics == {"kaggle.public_score": 0.2, "kaggle.private_score": 0.21}
+    assert runs["blend"].data.tags["kaggle.ref.7.public_score"] == "0.2"
+    assert "kaggle.private_score" not in runs["seed_cnn"].data.metrics   # Kaggle gave none
+    assert not runs["late"].data.metrics and not any(k.startswith("kaggle.") for k in runs["late"].data.tags)
+    assert out.count("recorded on MLflow run") == 1 and f"recorded on MLflow run {ids['blend']}" in out
+    assert out.count("dogs_vs_cats-late.csv was written after the submission") == 2
+    for key in ("kaggle.public_score", "kaggle.private_score"):
+        assert len(client.get_metric_history(ids["blend"], key)) == 1                  # once, however often asked
+    found = client.search_runs([runs["blend"].info.experiment_id], "metrics.`kaggle.public_score` > 0")
+    assert {r.info.run_id for r in found} == {ids["seed_cnn"], ids["blend"]}       # searchable, plottable
+
+
+def test_status_without_a_store_creates_none(tmp_path, creds_dir, monkeypatch, capsys):
+    fake = use(monkeypatch, FakeKaggle())
+    fake.elsewhere = [{"ref": 1, "date": "2024-05-06", "file_name": "dogs_vs_cats-x.csv", "status": "complete",
+                       "public_score": "0.5", "private_score": "0.5", "description": "d"}]
+    kg.run("status", cfg_for(tmp_path, "dataset=dogs_vs_cats"))
+    assert "0.5" in capsys.readouterr().out and not (tmp_path / "mlflow.db").exists()  # no runs to score: untouched
 
 
 def test_invalid_csv_is_refused_and_nothing_sent(tmp_path, creds_dir, monkeypatch):

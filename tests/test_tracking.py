@@ -9,7 +9,6 @@ params, per-epoch metrics, tags and artifacts, and a submission CSV leads back t
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,23 +52,6 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 def data(tmp_path_factory) -> Path:
     """Raw and processed demo data shared by the in-process tests (each keeps its own models and store)."""
     return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """An empty store at MLflow's current schema, made once: creating one runs every migration (~10 s here)."""
-    from mlflow.tracking import MlflowClient
-
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
-@pytest.fixture
-def store(tmp_path: Path, template: Path) -> Path:
-    """The test's tmp_path with a copy of the empty store as tmp_path/mlflow.db (what path_overrides points tracking.uri at)."""
-    shutil.copyfile(template, tmp_path / "mlflow.db")
-    return tmp_path
 
 
 def _ov(base: Path, data: Path, *extra: str) -> list[str]:
@@ -236,12 +218,15 @@ def test_disabled_tracking_creates_no_store(tmp_path: Path, data: Path):
 
 
 # ------------------------------------------------------------------ complete runs, linked stages
-def test_two_runs_evaluate_predict_and_trace_the_csv(tmp_path: Path, store: Path, data: Path):
-    a = pipeline.run(compose(*_ov(tmp_path, data, "name=a", "train.epochs=2")), "train")
+def test_two_runs_evaluate_predict_log_models_and_trace_the_csv(tmp_path: Path, store: Path, data: Path):
+    a_ov = ["name=a", "train.epochs=2", "train.tta=true"]  # a's MLflow Model averages over flipped images too
+    a = pipeline.run(compose(*_ov(tmp_path, data, *a_ov)), "train")
     b = pipeline.run(compose(*_ov(tmp_path, data, "name=b", "train.lr=3e-4", "train.optimizer=sgd")), "train")
-    cfg_a = compose(*_ov(tmp_path, data, "name=a", "train.epochs=2"))
+    models = ["tracking.log_model=true", "tracking.register=true"]
+    cfg_a = compose(*_ov(tmp_path, data, *a_ov, *models))
     evaluate.run(cfg_a)
     record = predict.run(cfg_a)
+    evaluate.run(compose(*_ov(tmp_path, data, "name=b", "train.lr=3e-4", "train.optimizer=sgd", *models)))
 
     c = _client(tmp_path)
     runs = {r.info.run_name: r for r in _runs(tmp_path)}
@@ -290,6 +275,41 @@ def test_two_runs_evaluate_predict_and_trace_the_csv(tmp_path: Path, store: Path
     assert tracking.run_for_file(cfg_a, csv).info.run_id == a["run_id"]
     csv.with_suffix(".json").unlink()
     assert tracking.run_for_file(cfg_a, csv).info.run_id == a["run_id"]             # by content alone
+    _check_mlflow_models(c, tmp_path, data, csv, {"a": a["run_id"], "b": b["run_id"]})
+
+
+def _check_mlflow_models(c, base: Path, data: Path, csv: Path, runs: dict[str, str]) -> None:
+    """Each evaluated run has one MLflow Model that loads with mlflow.pyfunc and predicts the probabilities its
+    CSV holds; both are versions of kagglepipe-demo, the alias best on the lower validation log loss; the
+    experiment opens in the UI's model-training view."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    (exp,) = [e for e in c.search_experiments() if e.name == "kagglepipe-demo"]
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    logged = {m.source_run_id: m for m in c.search_logged_models([exp.experiment_id])}
+    assert set(logged) == set(runs.values())
+    mlflow.set_tracking_uri(f"sqlite:///{base}/mlflow.db")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{logged[runs['a']].model_id}")
+        assert [str(s) for s in model.metadata.get_input_schema().inputs] == ["Tensor('uint8', (-1, 48, 48, 3))"]
+        assert model.metadata.get_output_schema().input_names() == ["p_cat", "p_dog"]
+        assert np.asarray(model.input_example).shape == (2, 48, 48, 3)
+        test = pd.read_csv(data / "processed" / "demo" / "test.csv")
+        images = np.load(data / "processed" / "demo" / "test.npy")[test["index"].to_numpy()]
+        out = model.predict(images)
+        submitted = pd.read_csv(csv).set_index("id").loc[test["id"], "label"].to_numpy()
+        np.testing.assert_allclose(out["p_dog"].to_numpy(), submitted, rtol=1e-6)      # what src.predict wrote
+        np.testing.assert_allclose(out.sum(axis=1), 1.0)
+        versions = {v.run_id: v for v in c.search_model_versions("name = 'kagglepipe-demo'")}
+        assert set(versions) == set(runs.values())
+        losses = {r: float(v.tags["val_log_loss"]) for r, v in versions.items()}
+        best = c.get_model_version_by_alias("kagglepipe-demo", "best")
+        assert best.run_id == min(losses, key=losses.get)
+        assert mlflow.pyfunc.load_model("models:/kagglepipe-demo@best").metadata.run_id == best.run_id
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
@@ -299,12 +319,29 @@ def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
           f"dataset.raw_dir={tmp_path}/raw/tri", f"dataset.classes=[{','.join(classes)}]", "dataset.image_size=48",
           "dataset.val_fraction=0.3", "train.epochs=1", "train.batch_size=16", "prepare.workers=1"]
     s = pipeline.run(compose(*ov), "train")
-    evaluate.run(compose(*ov))
+    evaluate.run(compose(*ov, "tracking.log_model=true", "evaluate.temperature=auto"))
     c = _client(tmp_path)
     r = c.get_run(s["run_id"])
     assert r.info.status == "FINISHED" and r.data.params["dataset.classes"] == str(classes)
     assert {"plots/confusion_matrix.png", "plots/confusion_matrix.json", "plots/learning_curve.png"} <= _artifacts(c, s["run_id"])
     assert _steps(c, s["run_id"], "val_accuracy") == [1]
+
+    # its MLflow Model gives the finalized probabilities evaluate scored (softmax temperature, clip), a column a class
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    (logged,) = c.search_logged_models([r.info.experiment_id])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    finally:
+        mlflow.set_tracking_uri(None)
+    scored = pd.read_csv(tmp_path / "plots" / "tri" / "seed_cnn" / "val_predictions.csv", dtype={"id": str})
+    rows = pd.read_csv(tmp_path / "processed" / "tri" / "train.csv", dtype={"id": str}).set_index("id").loc[scored["id"]]
+    out = model.predict(np.load(tmp_path / "processed" / "tri" / "train.npy")[rows["index"].to_numpy()])
+    assert list(out.columns) == [f"p_{k}" for k in classes]
+    np.testing.assert_allclose(out.to_numpy(), scored[[f"p_{k}" for k in classes]].to_numpy(), rtol=1e-6, atol=1e-9)
 
 
 # ------------------------------------------------------------------ failures
