@@ -39,7 +39,7 @@ class Predictions:
 def load_model(lay: Layout):
     import keras
 
-    from . import models  # noqa: F401  (registers the custom layers the saved model refers to)
+    from . import models, optimizer  # noqa: F401  (register the custom layers and metric the saved model refers to)
 
     if not lay.model.is_file():
         raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
