@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -232,3 +233,33 @@ def gpu_name(devices: list[str] | None = None) -> str:
         return "gpu"
     except Exception:
         return "gpu" if devices else "cpu"
+
+
+def link_kaggle_tree(raw: Path, dest: Path, n_per_class: int | None, n_test: int | None, copies: int = 1) -> Path:
+    """A Kaggle-layout folder of symlinks: the first n_per_class cats and dogs (copies > 1: each photo again
+    under new numbers), the first n_test test photos and a matching sample_submission.csv."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "train").mkdir(parents=True)
+    (dest / "test").mkdir()
+    per_class: dict[str, list[Path]] = {"cat": [], "dog": []}
+    for p in sorted((raw / "train").iterdir(), key=lambda q: (q.name.split(".")[0], int(q.name.split(".")[1]))):
+        per_class[p.name.split(".")[0]].append(p)
+    for cls, files in per_class.items():
+        files = files[:n_per_class] if n_per_class else files
+        span = max(int(f.name.split(".")[1]) for f in files) + 1
+        for k in range(copies):
+            for f in files:
+                (dest / "train" / f"{cls}.{int(f.name.split('.')[1]) + k * span}.jpg").symlink_to(f)
+    tests = sorted((raw / "test").iterdir(), key=lambda q: int(q.stem))
+    tests = tests[:n_test] if n_test else tests
+    for f in tests:
+        (dest / "test" / f.name).symlink_to(f)
+    (dest / "sample_submission.csv").write_text("id,label\n" + "".join(f"{f.stem},0.5\n" for f in tests))
+    return dest
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished (reaped) children, e.g. prepare's pool workers."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime

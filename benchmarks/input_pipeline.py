@@ -14,6 +14,14 @@ every variant reads the same 2,002 training photos, 150x150x3, batches of 64 wit
   project_aug_cpu the project pipeline with the model's augmentation layers (augment=standard) mapped in
                   tf.data on the CPU instead (what it costs when the augmentation is not on the accelerator)
   project_before  the pipeline before issue 7 (per-image unbatch, cache, shuffle buffer, batch), for reference
+  raw_epoch1      from the JPEGs: the project's prepare of the 2,002 training photos (+ the one test photo prepare
+                  needs), as `python -m src.prepare` runs it (every core, before TensorFlow is imported), then epoch 1
+                  of src.data.train_dataset: what the baselines' epoch 1 is compared with (issue 21)
+  raw_epoch1_all  the same from the whole raw folder (the 500 test photos prepared too, as a first
+                  `python -m src.train` does), for reference
+  decode_only     the bare decode of the same 2,002 JPEGs, one process: OpenCV's reduced-size decode at the DCT
+                  scale prepare uses (src/images.py), no resize, no write: the limit for prepare per CPU-second
+  decode_only_pillow  the same with Pillow's draft-mode decode (what prepare used before issue 21), for reference
 
 The baselines decode and resize the JPEGs every epoch (that is how they work); the project decodes once in
 prepare (benchmarks/prepare.py measures that). Each variant runs in its own process: peak RSS is its own;
@@ -29,6 +37,7 @@ Writes benchmarks/results/input_pipeline.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -40,15 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
 SIZE, BATCH, SEED = 150, 64, 42
-VARIANTS = ["idg", "idg_aug", "idfd", "project", "project_aug_cpu", "project_before"]
-TARGETS = {"first_vs_idg": 5.0, "first_vs_idfd": 2.0, "later_vs_idg": 10.0}
+VARIANTS = ["idg", "idg_aug", "idfd", "project", "project_aug_cpu", "project_before", "raw_epoch1", "raw_epoch1_all",
+            "decode_only", "decode_only_pillow"]
+TARGETS = {"first_vs_idg": 5.0, "first_vs_idfd": 2.0, "later_vs_idg": 10.0,
+           "raw_vs_idg": 3.0, "raw_vs_idfd": 1.5, "decode_over_prepare_cpu": 1.5}
 
 
 # ------------------------------------------------------------------ parent: data set-up
-def _cfg(raw: Path, work: Path):
+def _cfg(raw: Path, processed: Path):
     from src.config import compose
 
-    return compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={work / 'processed'}",
+    return compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={processed}",
                     "prepare.preview=false"])
 
 
@@ -56,7 +67,7 @@ def prepare_data(raw: Path, work: Path) -> tuple[Path, Path]:
     """Run the project's prepare on the raw photos; build a cats/ dogs/ symlink tree of the same photos."""
     from src import prepare
 
-    processed = prepare.run(_cfg(raw, work)).processed
+    processed = prepare.run(_cfg(raw, work / "processed")).processed
     import pandas as pd
 
     train = pd.read_csv(processed / "train.csv", dtype={"id": str})
@@ -118,10 +129,7 @@ def child(variant: str, raw: Path, work: Path, tree: Path, epochs: int) -> dict:
     t_import = time.perf_counter()
     import tensorflow as tf
 
-    # TensorFlow's runtime starts on its first use (thread pools, ~0.3 s); a training run has started it
-    # (model build, compile) before its first epoch, so start it here, outside every timed epoch.
-    for _ in tf.data.Dataset.range(2).map(lambda v: v + 1, num_parallel_calls=tf.data.AUTOTUNE).prefetch(1):
-        pass
+    _start_tensorflow()
     res: dict = {"variant": variant}
     check: dict = {}
     if variant in ("idg", "idg_aug"):
@@ -159,7 +167,7 @@ def child(variant: str, raw: Path, work: Path, tree: Path, epochs: int) -> dict:
         from src.data import train_dataset
         from src.paths import Layout
 
-        m = manifests.load(Layout(_cfg(raw, work)))
+        m = manifests.load(Layout(_cfg(raw, work / "processed")))
         df = pd.concat([m.train, m.val]).sort_values("index").reset_index(drop=True)  # all 2,002 photos
         t0, c0 = time.perf_counter(), time.process_time()
         if variant == "project_before":
@@ -190,6 +198,75 @@ def child(variant: str, raw: Path, work: Path, tree: Path, epochs: int) -> dict:
     res["setup_s"] = time.perf_counter() - t_import
     res["peak_rss_mb"] = bu.peak_rss_mb()
     return res
+
+
+def _start_tensorflow():
+    """TensorFlow's runtime starts on its first use (thread pools, ~0.3 s); a training run has started it (model
+    build, compile) before its first epoch, so every variant starts it outside its timed epochs."""
+    import tensorflow as tf
+
+    for _ in tf.data.Dataset.range(2).map(lambda v: v + 1, num_parallel_calls=tf.data.AUTOTUNE).prefetch(1):
+        pass
+
+
+def child_raw(variant: str, raw: Path, work: Path) -> dict:
+    """Prepare from the JPEGs into a fresh folder (before TensorFlow is imported: the pool forks, as in
+    `python -m src.prepare`), then epoch 1 of the training pipeline on every prepared training photo."""
+    import pandas as pd
+
+    from src import manifests, prepare
+
+    folder = bu.link_kaggle_tree(raw, work / f"raw-{variant}", None, None if variant == "raw_epoch1_all" else 1)
+    processed = work / f"processed-{variant}"
+    shutil.rmtree(processed, ignore_errors=True)
+    t0, c0 = time.perf_counter(), bu.cpu_seconds()
+    lay = prepare.run(_cfg(folder, processed))
+    prep_s, prep_cpu = time.perf_counter() - t0, bu.cpu_seconds() - c0
+    prepared = len(pd.read_csv(lay.train_manifest)) + len(pd.read_csv(lay.test_manifest))
+    _start_tensorflow()
+    from src.data import train_dataset
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    m = manifests.load(lay)
+    ds = train_dataset(m, BATCH, SEED, df=pd.concat([m.train, m.val]).sort_values("index").reset_index(drop=True))
+    construct = (time.perf_counter() - t0 + prep_s, time.process_time() - c0 + prep_cpu)
+    res = {"variant": variant, "implementation": "src.prepare + src.data.train_dataset", **_epochs(lambda: ds, 1, construct),
+           "prepare_s": prep_s, "prepare_cpu_s": prep_cpu, "prepared_images": prepared,
+           "prepare_img_s": prepared / prep_s, "prepare_img_cpu_s": prepared / prep_cpu, "check": {},
+           "peak_rss_mb": bu.peak_rss_mb()}
+    shutil.rmtree(processed, ignore_errors=True)
+    return res
+
+
+def child_decode(variant: str, raw: Path) -> dict:
+    """Decode each training JPEG and nothing else (no resize, no write), in this one process."""
+    import cv2
+    from PIL import Image
+
+    from src import images
+
+    files = sorted((raw / "train").glob("*.jpg"))
+    datas = [f.read_bytes() for f in files]  # reading is not decoding; prepare's reads are in its own figure
+    flags = []
+    for f in files:  # the DCT scale from each header, as prepare chooses it (untimed)
+        with Image.open(f) as im:
+            flags.append(images.REDUCED_READ[images.dct_scale(*im.size, SIZE)])
+    t0, c0 = time.perf_counter(), time.process_time()
+    if variant == "decode_only":
+        for data, flag in zip(datas, flags):
+            x = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    else:
+        for f in files:
+            with Image.open(f) as im:
+                im.draft("RGB", (SIZE, SIZE))
+                im.load()
+            x = im
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n, dogs = len(files), sum(f.name.startswith("dog.") for f in files)
+    return {"variant": variant, "implementation": "cv2.imdecode IMREAD_REDUCED_COLOR_*" if variant == "decode_only"
+            else "PIL draft('RGB') + load", "seconds": [dt], "cpu_seconds": [cpu], "images": [n], "label1": [dogs],
+            "img_s": [n / dt], "img_cpu_s": [n / cpu], "image_shape": None, "dtype": "uint8", "check": {},
+            "last_decoded": str(getattr(x, "shape", getattr(x, "size", ""))), "peak_rss_mb": bu.peak_rss_mb()}
 
 
 def _train_dataset_before(m, batch_size, seed, df, shuffle_buffer=10000, chunk=512):
@@ -275,7 +352,12 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         long = a.variant in ("project", "project_before")
-        bu.emit(child(a.variant, a.raw, a.work, a.work / "tree", a.project_epochs if long else a.epochs))
+        if a.variant.startswith("decode_only"):
+            bu.emit(child_decode(a.variant, a.raw))
+        elif a.variant.startswith("raw_epoch1"):
+            bu.emit(child_raw(a.variant, a.raw, a.work))
+        else:
+            bu.emit(child(a.variant, a.raw, a.work, a.work / "tree", a.project_epochs if long else a.epochs))
         return
 
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
@@ -289,7 +371,10 @@ def main() -> None:
     def warm(v: str) -> None:
         """Read what the variant reads once, so every variant starts with its files in the page cache (as they
         are right after prepare or a download), not some cold and some warm depending on the order."""
-        files = [processed / "train.npy"] if v.startswith("project") else sorted(tree.glob("*/*"))
+        if v.startswith("project"):
+            files = [processed / "train.npy"]
+        else:  # the baselines' tree links the training photos; raw_epoch1_all also reads the test photos
+            files = sorted(tree.glob("*/*")) + (sorted((a.raw / "test").iterdir()) if v == "raw_epoch1_all" else [])
         for f in files:
             with open(f, "rb") as fh:
                 while fh.read(1 << 24):
@@ -316,6 +401,9 @@ def main() -> None:
         for k in ("first", "later", "steady", "peak_rss_mb", "first_cpu", "later_cpu", "steady_cpu"):
             vals = [s[v][k] for s in summaries if s[v][k] is not None]
             rows[v][k] = statistics.median(vals) if vals else None
+        for k in ("prepare_img_s", "prepare_img_cpu_s", "prepared_images"):  # raw_epoch1*: prepare's own part
+            if k in rounds[0][v]:
+                rows[v][k] = statistics.median(res[v][k] for res in rounds)
     idg = rows.get("idg", {}).get("steady")
     idfd = rows.get("idfd", {}).get("steady")
     idg_cpu = rows.get("idg", {}).get("steady_cpu")
@@ -338,10 +426,25 @@ def main() -> None:
             ("project later epochs (augmentation in the model) vs ImageDataGenerator", p, "later", "idg",
              TARGETS["later_vs_idg"]),
         ]
+    raw = rows.get("raw_epoch1", {})
+    if raw and idg and idfd:
+        target_rows += [
+            ("raw JPEGs -> end of epoch 1 (prepare + epoch 1) vs ImageDataGenerator", raw, "first", "idg",
+             TARGETS["raw_vs_idg"]),
+            ("raw JPEGs -> end of epoch 1 (prepare + epoch 1) vs image_dataset_from_directory", raw, "first", "idfd",
+             TARGETS["raw_vs_idfd"]),
+        ]
     targets = [{"what": w, "ratio": row[f"{k}_vs_{b}"], "ratio_cpu": row[f"{k}_cpu_vs_{b}"], "target": t,
                 "met": bool(row[f"{k}_vs_{b}"] is not None and row[f"{k}_vs_{b}"] >= t),
                 "met_cpu": bool(row[f"{k}_cpu_vs_{b}"] is not None and row[f"{k}_cpu_vs_{b}"] >= t)}
                for w, row, k, b, t in target_rows]
+    decode = rows.get("decode_only", {})
+    if raw and decode:  # per CPU-second only: the decode runs in one process, prepare on every core
+        over = decode["first_cpu"] / raw["prepare_img_cpu_s"]
+        targets.append({"what": "prepare per CPU-second within 1.5x of the bare decode of the same JPEGs "
+                                "(decode_only img/CPU-s / prepare img/CPU-s)", "ratio": None, "ratio_cpu": over,
+                        "target": TARGETS["decode_over_prepare_cpu"], "met": None,
+                        "met_cpu": bool(over <= TARGETS["decode_over_prepare_cpu"])})
 
     cols = [("variant", "variant"), ("first", "epoch 1 img/s"), ("later", "later epochs img/s"),
             ("first_vs_idg", "epoch 1 / IDG"), ("later_vs_idg", "later / IDG"), ("first_vs_idfd", "epoch 1 / idfd"),
@@ -355,8 +458,18 @@ def main() -> None:
     print(bu.table(list(rows.values()), cpu_cols))
     print()
     for t in targets:
+        if t["ratio"] is None:
+            print(f"{'met   ' if t['met_cpu'] else 'MISSED'} {t['what']}: {t['ratio_cpu']:.2f}x per CPU-second "
+                  f"(target <= {t['target']:g}x)")
+            continue
         print(f"{'met   ' if t['met'] else 'MISSED'} {t['what']}: {t['ratio']:.1f}x wall clock, "
               f"{t['ratio_cpu']:.1f}x per CPU-second (target {t['target']:g}x)")
+    for v in ("raw_epoch1", "raw_epoch1_all"):
+        if v in rows:
+            r = rows[v]
+            print(f"info   {v}: prepare {r['prepared_images']:,.0f} images at {r['prepare_img_s']:,.0f} img/s "
+                  f"({r['prepare_img_cpu_s']:,.0f} img/CPU-s), then epoch 1; {r['first']:,.0f} training images/s "
+                  "from the JPEGs to the end of epoch 1")
     if pa and idg:  # for reference, not a target: the issue lets augmentation run in the model, on the accelerator
         print(f"info   project later epochs with the model's augmentation run in tf.data on the CPU instead: "
               f"{pa['later_vs_idg']:.1f}x ImageDataGenerator (Keras' augmentation layers on {bu.machine()['cpu_count']} "

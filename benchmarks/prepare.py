@@ -38,30 +38,6 @@ TARGET = 4.0
 
 
 # ------------------------------------------------------------------ raw folders (symlinks to the shared photos)
-def _link_tree(raw: Path, dest: Path, n_per_class: int | None, n_test: int | None, copies: int = 1) -> Path:
-    """A Kaggle-layout folder of symlinks: the first n_per_class cats and dogs (copies > 1: each photo again
-    under new numbers), the first n_test test photos and a matching sample_submission.csv."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    (dest / "train").mkdir(parents=True)
-    (dest / "test").mkdir()
-    per_class: dict[str, list[Path]] = {"cat": [], "dog": []}
-    for p in sorted((raw / "train").iterdir(), key=lambda q: (q.name.split(".")[0], int(q.name.split(".")[1]))):
-        per_class[p.name.split(".")[0]].append(p)
-    for cls, files in per_class.items():
-        files = files[:n_per_class] if n_per_class else files
-        span = max(int(f.name.split(".")[1]) for f in files) + 1
-        for k in range(copies):
-            for f in files:
-                (dest / "train" / f"{cls}.{int(f.name.split('.')[1]) + k * span}.jpg").symlink_to(f)
-    tests = sorted((raw / "test").iterdir(), key=lambda q: int(q.stem))
-    tests = tests[:n_test] if n_test else tests
-    for f in tests:
-        (dest / "test" / f.name).symlink_to(f)
-    (dest / "sample_submission.csv").write_text("id,label\n" + "".join(f"{f.stem},0.5\n" for f in tests))
-    return dest
-
-
 def raw_files(raw: Path) -> list[str]:
     return [str(p) for sub in ("train", "test") for p in sorted((raw / sub).iterdir())]
 
@@ -100,13 +76,9 @@ def child_project(raw: Path, processed: Path, workers: int) -> dict:
     shutil.rmtree(processed, ignore_errors=True)
     cfg = compose(["dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", f"paths.processed={processed}",
                    f"prepare.workers={workers}"])
-    def cpu() -> float:  # this process and its finished (pool) workers, user + system
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-    t0, c0 = time.perf_counter(), cpu()
+    t0, c0 = time.perf_counter(), bu.cpu_seconds()
     lay = prepare.run(cfg)
-    dt, cpu_s = time.perf_counter() - t0, cpu() - c0
+    dt, cpu_s = time.perf_counter() - t0, bu.cpu_seconds() - c0
     rep = read_json(lay.report)
     n = rep["train_images"] + rep["val_images"] + rep["test_images"] + rep["skipped_count"]
     res = {"images": n, "seconds": dt, "img_s": n / dt, "cpu_seconds": cpu_s, "img_cpu_s": n / cpu_s,
@@ -140,9 +112,9 @@ def main() -> None:
     info = {"machine": bu.machine(), "versions": bu.versions("numpy", "PIL")}
     print(f"prepare benchmark: {info['machine']['cpu_count']} cores, load {info['machine']['load_avg']}")
     t_all = time.perf_counter()
-    raws = {"full": a.raw, "small": _link_tree(a.raw, a.work / "raw-small", 250, 100)}
+    raws = {"full": a.raw, "small": bu.link_kaggle_tree(a.raw, a.work / "raw-small", 250, 100)}
     if a.big:
-        raws["big"] = _link_tree(a.raw, a.work / "raw-big", None, None, copies=4)
+        raws["big"] = bu.link_kaggle_tree(a.raw, a.work / "raw-big", None, None, copies=4)
     plan = [("plain", "full", 0), ("project", "full", 0), ("plain_nosave", "full", 0), ("project_1worker", "full", 1),
             ("project_small", "small", 0)]
     if a.big:

@@ -89,7 +89,7 @@ def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
 
 def restore(state: TrainingState) -> keras.Model:
     """The last checkpoint's model (weights, optimizer state) with its random generators where they were."""
-    from . import models  # noqa: F401  (registers the custom layers the checkpoint refers to)
+    from . import models, optimizer  # noqa: F401  (register the custom layers and metric the checkpoint refers to)
 
     model = keras.saving.load_model(state.last)
     variables = _seed_states(model)

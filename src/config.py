@@ -130,6 +130,8 @@ class Evaluate(Section):
     temperature: Union[Literal["auto"], Annotated[float, Field(ge=0.01, le=100)]]
     clip: Union[Literal["auto"], Clip]
     clip_candidates: Annotated[list[Clip], Field(min_length=1)]
+    error_grid: PositiveInt       # most_wrong.png: the wrong validation images drawn, most confident first
+    confused_pairs: PositiveInt   # confused_pairs.png: the (true, predicted) class pairs drawn, most errors first
 
 
 class Tracking(Section):

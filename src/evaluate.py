@@ -8,7 +8,8 @@ image (src/oof.py), chooses the temperature and the clip on them (src/calibratio
 will finalize the test images (src/submission.py), and writes metrics/<dataset>/<name>.json (val_log_loss by Kaggle's formula on the
 finalized probabilities, accuracy, the temperature and clip predict will use, ...) and plots/<dataset>/<name>/:
 val_predictions.csv (the finalized validation probabilities), roc.png + calibration.png (two classes) or
-confusion_matrix.png + confusion_matrix.json (more), all logged to the training run in MLflow.
+confusion_matrix.png + confusion_matrix.json (more), most_wrong.png + confused_pairs.png (the images it gets
+wrong, src/error_analysis.py), all logged to the training run in MLflow.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
 
-from . import calibration, inference, manifests, metrics, oof, plots, submission, tracking
+from . import calibration, error_analysis, inference, manifests, metrics, oof, plots, submission, tracking
 from .files import atomic_path, file_sha256, read_json, write_json
 from .paths import Layout
 
@@ -31,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     submitted = submission.finalize(p, cal.temperature, cal.clip)  # exactly what predict does to the test images
     result = _scores(cfg, lay, member, y, p, submitted, cal)
     _write_val_predictions(lay, member.oof, y, submitted)
-    result.update(_plots(lay, y, submitted, member.oof.meta["classes"]))
+    result.update(_plots(cfg, lay, member, y, submitted))
     write_json(lay.metrics, result)
     what = f"OOF over {len(y)} training images ({lay.folds} folds)" if lay.folds else f"{len(y)} validation images"
     print(f"evaluate: val_log_loss={result['val_log_loss']:.4f} (temperature {cal.temperature:g}, clip {cal.clip:g}) "
@@ -146,8 +147,12 @@ def _write_val_predictions(lay: Layout, preds: inference.Predictions, y: np.ndar
         pd.DataFrame(cols).to_csv(tmp, index=False)
 
 
-def _plots(lay: Layout, y: np.ndarray, p: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """ROC and calibration curves (two classes) or the confusion matrix (more); the figures they add."""
+def _plots(cfg: DictConfig, lay: Layout, member: oof.Member, y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """The images it gets wrong; ROC and calibration curves (two classes) or the confusion matrix (more); the
+    figures they add."""
+    classes = member.oof.meta["classes"]
+    error_analysis.draw(lay, manifests.load(lay), member.oof.frame, y, p, classes, int(cfg.evaluate.error_grid),
+                        int(cfg.evaluate.confused_pairs))
     if p.ndim == 1:
         auc = metrics.roc_auc(y, p)
         if auc is not None:

@@ -48,7 +48,7 @@ def load_keras(path: Path):
     """A saved .keras model, with the project's custom layers registered."""
     import keras
 
-    from . import models  # noqa: F401  (registers the custom layers the saved model refers to)
+    from . import models, optimizer  # noqa: F401  (register the custom layers and metric the saved model refers to)
 
     return keras.saving.load_model(path)
 

@@ -38,6 +38,13 @@ class Manifests:
         """Every labelled image's label (train and validation folds)."""
         return np.concatenate([self.train["label"].to_numpy(), self.val["label"].to_numpy()])
 
+    def labelled_images(self, ids) -> np.ndarray:
+        """The prepared images (rows of train.npy, found by the manifest's index column) of these labelled ids,
+        in the order given."""
+        frame = pd.concat([self.train, self.val])
+        rows = frame.set_index(frame["id"].astype(str))["index"].loc[[str(i) for i in ids]].to_numpy()
+        return np.asarray(np.load(self.train_images, mmap_mode="r")[rows])
+
     def fingerprint(self) -> str:
         """A hash of the manifests, the class list and prepare's report: which prepared data a run saw."""
         return "".join(file_sha256(f)[:8] for f in self.files)

@@ -1,5 +1,5 @@
 """Every picture the pipeline draws (PNG, written atomically): learning curves, ROC and calibration, the confusion
-matrix."""
+matrix, grids of images."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,4 +77,30 @@ def confusion_matrix(cm: np.ndarray, classes: list[str], path: Path) -> None:
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix (validation)")
     fig.colorbar(im)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def image_rows(rows: list[tuple[str, list[np.ndarray], list[str]]], title: str, path: Path,
+               empty: str = "nothing to show") -> None:
+    """Rows of captioned images (uint8 HxWx3), each row with a label on its left ("" for none); `empty` is drawn
+    when there are no images, so the file always says what it found."""
+    plt = _pyplot()
+    ncols = max([len(images) for _, images, _ in rows] or [1])
+    labelled = any(label for label, _, _ in rows)
+    fig, axes = plt.subplots(max(1, len(rows)), ncols, squeeze=False, layout="constrained",
+                             figsize=(max(6.0, 1.6 * ncols + (1.0 if labelled else 0.2)), 1.9 * max(1, len(rows)) + 0.7))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, empty, ha="center", va="center", transform=fig.transFigure)
+    for r, (label, images, captions) in enumerate(rows):
+        for c, (image, caption) in enumerate(zip(images, captions)):
+            ax = axes[r, c]
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.imshow(image, interpolation="nearest")  # CIFAR's 32x32 pixels stay sharp, not smeared
+            ax.set_title(caption, fontsize=7)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -29,7 +29,7 @@ from .files import atomic_path, read_json, short_hash, write_json
 from .paths import Layout, shown_path
 from .split import assign_folds
 
-PREPARE_VERSION = 4  # bump when the output format or resizing changes: forces a rerun
+PREPARE_VERSION = 5  # bump when the output format or resizing changes: forces a rerun
 SPLIT_KEYS = ["dataset.name", "dataset.layout", "dataset.labels_csv", "dataset.image_ext", "dataset.classes",
               "dataset.image_size", "dataset.resize", "dataset.val_fraction", "dataset.split_seed",
               "dataset.sample_submission"]

@@ -106,6 +106,7 @@ def test_train_evaluate_predict(data):
     assert matrix.shape == (10, 10) and (matrix.sum(axis=1) == 2).all()
     assert metrics["val_accuracy"] == pytest.approx(np.trace(matrix) / 20)
     assert (plots / "confusion_matrix.png").is_file()
+    assert (plots / "most_wrong.png").is_file() and (plots / "confused_pairs.png").is_file()  # the images it gets wrong
     vp = pd.read_csv(plots / "val_predictions.csv")
     probs = vp[[f"p_{c}" for c in CIFAR_CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)

@@ -152,6 +152,28 @@ def test_oof_covers_every_training_image_once_and_test_is_the_fold_average(membe
     assert metrics["val_log_loss"] == pytest.approx(log_loss(vp["label"], vp["probability"], labels=[0, 1]), rel=1e-9)
 
 
+def test_oof_error_grid_shows_every_fold_s_images_with_their_fold(members: Path, monkeypatch):
+    from src import error_analysis, manifests, plots
+    from src.paths import Layout
+
+    lay = Layout(_cfg(members, "name=cnn"))
+    assert (lay.plots / "most_wrong.png").is_file() and (lay.plots / "confused_pairs.png").is_file()  # evaluate drew
+    drawn = {}
+    monkeypatch.setattr(plots, "image_rows", lambda rows, title, path, **kw: drawn.__setitem__(path.name, rows))
+    frame = pd.read_csv(lay.oof, dtype={"id": str})
+    y, p = frame["label"].to_numpy(), frame["p_dog"].to_numpy()
+    error_analysis.draw(lay, manifests.load(lay), frame, y, p, ["cat", "dog"], 48, 2)
+    cells = [(im, c) for _, ims, cs in drawn["most_wrong.png"] for im, c in zip(ims, cs)]
+    assert len(cells) == int(((p >= 0.5) != y).sum()) > 0  # every OOF error, whichever fold held it out
+    arr = np.load(members / "processed" / "demo" / "train.npy")
+    index = pd.read_csv(members / "processed" / "demo" / "train.csv", dtype={"id": str}).set_index("id")["index"]
+    folds = dict(zip(frame["id"], frame["fold"]))
+    for image, caption in cells:
+        id_ = caption.split(" ")[0]
+        assert caption.split("\n")[0] == f"{id_} (fold {folds[id_]})"
+        np.testing.assert_array_equal(image, arr[index[id_]])
+
+
 def test_blend_beats_or_matches_its_members_and_writes_a_valid_csv(members: Path):
     result = pipeline.run(_cfg(members, "blend.members=[cnn,res]", "blend.name=both"), "blend")
     assert set(result["members"]) == {"cnn", "res"} and sum(result["weights"].values()) == pytest.approx(1)

@@ -109,6 +109,7 @@ def test_first_repro_runs_every_stage(repo: Path):
     assert len(json.loads((repo / "models/demo/seed_cnn/history.json").read_text())) == 1
     assert (repo / "plots/demo/seed_cnn/learning_curve.png").is_file()
     assert (repo / "plots/demo/seed_cnn/val_predictions.csv").is_file()
+    assert (repo / "plots/demo/seed_cnn/most_wrong.png").is_file()
     assert (repo / "submissions/demo-seed_cnn.csv").is_file()
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert list(lock["stages"]) == ALL
@@ -201,3 +202,4 @@ def test_metrics_and_plots_show(repo: Path):
     p = dvc(repo, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
     assert "learning curve (log loss)" in html and "learning_curve.png" in html
+    assert "most_wrong.png" in html and "confused_pairs.png" in html  # the error grids

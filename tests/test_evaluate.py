@@ -130,3 +130,77 @@ def test_metrics_are_current_only_for_their_settings_model_and_predictions(train
     assert csv.read_bytes() == original and evaluate.is_current(cfg)
     lay.metrics.unlink()
     assert not evaluate.is_current(cfg)
+
+
+# ------------------------------------------------------------------ error analysis as pictures
+def test_most_wrong_and_confused_pairs_select_like_an_independent_count():
+    from sklearn.metrics import confusion_matrix
+
+    from src import error_analysis
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 300)
+    p = rng.dirichlet(np.ones(5), 300)
+    p[np.arange(300)[:150], y[:150]] += 2  # half of them right
+    p /= p.sum(axis=1, keepdims=True)
+    pred = p.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    worst = error_analysis.most_wrong(y, p, 10)
+    assert len(worst) == 10 and set(worst) <= set(wrong)
+    given = p[np.arange(300), y]
+    assert given[worst].tolist() == sorted(given[wrong])[:10]  # the least probability for the true class first
+    cm = confusion_matrix(y, pred, labels=range(5))
+    np.fill_diagonal(cm, 0)
+    pairs = error_analysis.confused_pairs(y, p, 5, 4, per_pair=3)
+    assert [c.count for c in pairs] == sorted(cm.reshape(-1), reverse=True)[:4]
+    for c in pairs:
+        assert cm[c.true, c.predicted] == c.count and len(c.rows) == min(3, c.count)
+        assert (y[c.rows] == c.true).all() and (pred[c.rows] == c.predicted).all()
+        others = np.flatnonzero((y == c.true) & (pred == c.predicted))
+        assert p[c.rows, c.predicted].tolist() == sorted(p[others, c.predicted], reverse=True)[:3]
+    # two classes: P(class 1), wrong at >= 0.5 like metrics.accuracy; every right answer: nothing to draw
+    yb, pb = np.array([0, 0, 1, 1, 0]), np.array([0.9, 0.6, 0.2, 0.7, 0.5])
+    assert error_analysis.most_wrong(yb, pb, 10).tolist() == [0, 2, 1, 4]
+    assert [(c.true, c.predicted, c.count) for c in error_analysis.confused_pairs(yb, pb, 2, 6)] == [(0, 1, 3), (1, 0, 1)]
+    assert error_analysis.most_wrong(yb, yb.astype(float), 10).size == 0
+    assert error_analysis.confused_pairs(yb, yb.astype(float), 2, 6) == []
+
+
+def test_evaluate_draws_the_validation_images_it_gets_most_confidently_wrong(trained: Path, monkeypatch):
+    from PIL import Image
+
+    from src import plots
+
+    drawn = {}
+    real = plots.image_rows
+    monkeypatch.setattr(plots, "image_rows", lambda rows, title, path, **kw: (drawn.__setitem__(path.name, rows),
+                                                                              real(rows, title, path, **kw)))
+    evaluate.run(_cfg(trained, "evaluate.error_grid=3"))
+    folder = trained / "plots" / "demo" / "seed_cnn"
+    vp = pd.read_csv(folder / "val_predictions.csv", dtype={"id": str})
+    y, p = vp["label"].to_numpy(), vp["probability"].to_numpy()
+    given = np.where(y == 1, p, 1 - p)  # the probability of the true class, what the submission holds
+    wrong = np.flatnonzero((p >= 0.5) != y)
+    assert len(wrong) >= 2, "the tiny model gets too few wrong for this test to mean anything"
+    expected = vp["id"].to_numpy()[wrong[np.argsort(given[wrong], kind="stable")]][:3].tolist()
+    captions = [c for _, _, cs in drawn["most_wrong.png"] for c in cs]
+    images = [im for _, ims, _ in drawn["most_wrong.png"] for im in ims]
+    assert [c.split("\n")[0] for c in captions] == expected
+    # each image is that id's prepared image (train.npy row named by the manifest), each caption its true class
+    # and the predicted class's probability
+    manifest = pd.read_csv(trained / "processed" / "demo" / "train.csv", dtype={"id": str}).set_index("id")
+    arr = np.load(trained / "processed" / "demo" / "train.npy")
+    classes = ["cat", "dog"]
+    for id_, image, caption in zip(expected, images, captions):
+        np.testing.assert_array_equal(image, arr[manifest.loc[id_, "index"]])
+        i = int(np.flatnonzero(vp["id"].to_numpy() == id_)[0])
+        top = max(p[i], 1 - p[i])
+        assert caption.split("\n")[1:] == [f"true {classes[y[i]]}", f"{classes[1 - y[i]]} {top:.3f}"]
+    # confused pairs, two classes: cat -> dog and dog -> cat, as many as there are of each
+    pairs = {label.split("\n")[0]: (label, len(ims)) for label, ims, _ in drawn["confused_pairs.png"]}
+    for t, name in ((0, "cat -> dog"), (1, "dog -> cat")):
+        n = int(((y == t) & ((p >= 0.5) != y)).sum())
+        assert (pairs[name] == (f"{name}\n{n} images", min(n, 8))) if n else name not in pairs
+    for name in ("most_wrong.png", "confused_pairs.png"):
+        with Image.open(folder / name) as im:
+            assert im.format == "PNG" and im.width > 300

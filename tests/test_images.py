@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import ROOT, cifar_cfg, dogs_cfg, path_overrides, checked
 from imagegen import BAD_TEST, BAD_TRAIN, ODD_TRAIN, dogs_vs_cats, faulty_dogs_vs_cats, huge_jpeg, noise_image, odd_cifar
@@ -177,3 +177,28 @@ def test_prepare_applies_the_resize_mode(tmp_path: Path):
     assert x[:, :14].max() == 0 and x[:, -14:].max() == 0 and x[:, 20:28].mean() > 50
     lay = prepare.run(_cfg(tmp_path, "dataset.resize=crop", f"paths.processed={tmp_path}/crop"))
     assert np.load(lay.train_images)[:, :14].mean() > 50
+
+
+# ------------------------------------------------------------------ the fast JPEG path (OpenCV) against Pillow
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_jpeg_path_matches_pillows_decode_for_every_exif_orientation(tmp_path: Path, orientation: int):
+    """A colour JPEG stretched to the square is decoded by OpenCV at its DCT scale (the fast path, taken here);
+    its pixels agree with Pillow's full decode + EXIF transpose + area resize, orientation included."""
+    from src import images
+
+    rng = np.random.default_rng(orientation)
+    a = np.zeros((200, 330, 3), np.uint8)  # quadrants of distinct colours, plus texture: a wrong turn shows
+    a[:100, :165], a[:100, 165:], a[100:, :165], a[100:, 165:] = (230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)
+    a = np.clip(a.astype(int) + rng.integers(-20, 20, a.shape), 0, 255).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(a).save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    with Image.open(path) as im:
+        assert images.dct_scale(*im.size, 40) == 4                   # 200 >= 4 * 40: decoded at a quarter
+        fast = images._fast_jpeg(im, str(path), 40)
+        reference = np.asarray(ImageOps.exif_transpose(im).convert("RGB").resize((40, 40), Image.Resampling.BOX))
+    assert fast is not None and fast.shape == (40, 40, 3) and fast.dtype == np.uint8
+    np.testing.assert_array_equal(load_image(str(path), 40), fast)  # what prepare stores
+    assert np.abs(fast.astype(int) - reference).mean() < 6          # same picture, same way up
+    assert np.abs(fast.astype(int) - np.rot90(reference, 2)).mean() > 40  # (a half turn would be far off)

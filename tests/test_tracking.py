@@ -263,6 +263,7 @@ def test_two_runs_evaluate_predict_log_models_and_trace_the_csv(tmp_path: Path, 
     arts = _artifacts(c, a["run_id"])
     assert {"config.yaml", "history.json", "model/model.keras", "plots/learning_curve.png", "evaluation/a.json",
             "plots/roc.png", "plots/calibration.png", "plots/val_predictions.csv", "submission/demo-a.csv"} <= arts, arts
+    assert {"plots/most_wrong.png", "plots/confused_pairs.png"} <= arts, arts  # error analysis as pictures
     assert {"config.yaml", "model/model.keras", "plots/learning_curve.png"} <= _artifacts(c, b["run_id"])
     logged_cfg = yaml.safe_load(Path(c.download_artifacts(b["run_id"], "config.yaml", str(tmp_path))).read_text())
     assert logged_cfg["train"]["lr"] == 3e-4 and logged_cfg["train"]["optimizer"] == "sgd"
@@ -324,6 +325,7 @@ def test_multiclass_run_logs_a_confusion_matrix(tmp_path: Path, store: Path):
     r = c.get_run(s["run_id"])
     assert r.info.status == "FINISHED" and r.data.params["dataset.classes"] == str(classes)
     assert {"plots/confusion_matrix.png", "plots/confusion_matrix.json", "plots/learning_curve.png"} <= _artifacts(c, s["run_id"])
+    assert {"plots/most_wrong.png", "plots/confused_pairs.png"} <= _artifacts(c, s["run_id"])
     assert _steps(c, s["run_id"], "val_accuracy") == [1]
 
     # its MLflow Model gives the finalized probabilities evaluate scored (softmax temperature, clip), a column a class
