@@ -154,6 +154,8 @@ def _pages(store: str, experiment: str, port: int) -> list[tuple[str, str, list[
         ("learning_curve", f"{base}/experiments/{e}/runs/{r}/artifacts/plots/learning_curve.png?{ML_VIEW}",
          ["plots/learning_curve.png"]),
         ("plot", f"{base}/experiments/{e}/runs/{r}/artifacts/{plot}?{ML_VIEW}", [plot]),
+        ("error_grid", f"{base}/experiments/{e}/runs/{r}/artifacts/plots/most_wrong.png?{ML_VIEW}",
+         ["plots/most_wrong.png"]),
         ("model", f"{base}/experiments/{e}/models/{model.model_id}?{ML_VIEW}", [model.name, "Ready", *registered]),
         ("model_files", f"{base}/experiments/{e}/models/{model.model_id}/artifacts?{ML_VIEW}",
          ["MLmodel", "input_example.json", "mlflow_model.py", "requirements.txt"]),
