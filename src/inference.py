@@ -117,7 +117,7 @@ def predictions(cfg: DictConfig, lay: Layout, split: str) -> Predictions:
         from . import manifests
 
         print(f"inference: {lay.predictions(split)} missing or made by another model or TTA setting; predicting")
-        write(cfg, lay, manifests.load(lay), splits=(split,))
+        write(cfg, lay, manifests.for_run(cfg, lay), splits=(split,))  # a fold's own validation images
     return read(lay.predictions(split))
 
 

@@ -124,8 +124,7 @@ def load(cfg: DictConfig, name: str) -> Member:
     test predictions."""
     lay = Layout(OmegaConf.merge(cfg, {"name": name, "cv": {"folds": None, "fold": None}}))
     if lay.member_record.is_file() and not os.environ.get("DVC_STAGE"):  # cross-validated; DVC keeps it current
-        member_cfg = OmegaConf.merge(cfg, {"name": name, "cv": {"folds": read_json(lay.member_record)["folds"],
-                                                                "fold": None}})
+        member_cfg = trained_config(cfg, name, int(read_json(lay.member_record)["folds"]))
         if not is_current(member_cfg):
             return assemble(member_cfg)
     if lay.oof.is_file() and lay.oof_test.is_file():
@@ -142,6 +141,18 @@ def load(cfg: DictConfig, name: str) -> Member:
     raise UserError(f"member {name!r} has no out-of-fold predictions in {lay.oof.parent} or {single}; evaluate it "
                     f"first: python -m src.evaluate dataset={lay.dataset} name={name} cv.folds=<its folds> "
                     "(or train it)")
+
+
+def trained_config(cfg: DictConfig, name: str, folds: int) -> DictConfig:
+    """The config a cross-validated member's folds were trained with (fold 0's config.yaml: its model, TTA,
+    augmentation), for a caller with another config (a blend); this project's paths and tracking kept. Without
+    the file (an older member), the caller's config under the member's name."""
+    member = OmegaConf.merge(cfg, {"name": name, "cv": {"folds": folds, "fold": None}})
+    saved = Layout(fold_config(member, 0)).config_yaml
+    if not saved.is_file():
+        return member
+    return OmegaConf.merge(OmegaConf.load(saved), {"paths": cfg.paths, "tracking": cfg.tracking,
+                                                   "cv": {"folds": folds, "fold": None}})
 
 
 def is_current(cfg: DictConfig) -> bool:

@@ -115,11 +115,11 @@ def _cfg(base: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory) -> Path:
-    """Two cross-validated members (seed_cnn, resnet_small) on the tiny demo, evaluated."""
+    """Two cross-validated members (seed_cnn; resnet_small with flip TTA) on the tiny demo, evaluated."""
     base = tmp_path_factory.mktemp("cv")
-    for name, model in (("cnn", "model=seed_cnn"), ("res", "model=resnet_small")):
-        pipeline.run(_cfg(base, f"name={name}", model), "train")
-        pipeline.run(_cfg(base, f"name={name}", model), "evaluate")
+    for name, extra in (("cnn", ["model=seed_cnn"]), ("res", ["model=resnet_small", "train.tta=true"])):
+        pipeline.run(_cfg(base, f"name={name}", *extra), "train")
+        pipeline.run(_cfg(base, f"name={name}", *extra), "evaluate")
     return base
 
 
@@ -175,7 +175,18 @@ def test_oof_error_grid_shows_every_fold_s_images_with_their_fold(members: Path,
 
 
 def test_blend_beats_or_matches_its_members_and_writes_a_valid_csv(members: Path):
+    from src.paths import Layout
+
+    res_files = sorted((Layout(_cfg(members, "name=res")).member_dir).glob("fold-*/predictions/*.csv"))
+    before = {f: f.stat().st_mtime_ns for f in res_files}
+    lost = Layout(_cfg(members, "name=cnn", "cv.fold=1")).predictions("val")
+    held_out = pd.read_csv(lost, dtype={"id": str})["id"].tolist()
+    lost.unlink()  # remade by the blend from fold 1's model, on fold 1's own held-out images
     result = pipeline.run(_cfg(members, "blend.members=[cnn,res]", "blend.name=both"), "blend")
+    assert pd.read_csv(lost, dtype={"id": str})["id"].tolist() == held_out
+    # res was trained (and evaluated) with TTA, the blend's config has none: its members' predictions are judged
+    # by the member's own config, so nothing of res is predicted again
+    assert {f: f.stat().st_mtime_ns for f in res_files} == before
     assert set(result["members"]) == {"cnn", "res"} and sum(result["weights"].values()) == pytest.approx(1)
     assert result["val_log_loss"] <= min(m["val_log_loss"] for m in result["members"].values()) + 1e-6
     sub = pd.read_csv(members / "submissions" / "demo-both.csv")
