@@ -7,12 +7,14 @@ One column per class (for two classes p_<classes[1]> is the model's sigmoid, p_<
 model's own probabilities: no temperature, no clip (src/submission.py finalizes them). Beside each CSV a .json
 says what made it: the MLflow run, the model file and its sha256, TTA, the classes, and the CSV's own sha256.
 Train writes both at its end; evaluate and predict read them, and remake them from the model only when they are
-missing or were made by another model or another train.tta.
+missing or were made by another model or another train.tta. How a model predicts a split is its predictor: the
+Keras model on the images, or for the frozen-feature mode its head on the cached embeddings (src/features.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -47,27 +49,46 @@ def load_model(lay: Layout):
     return keras.saving.load_model(lay.model)
 
 
-def predict_proba(model, make_dataset, tta: bool) -> np.ndarray:
-    """Probabilities in dataset order (1-D P(class 1) for two classes); tta also averages over horizontally
-    flipped images. make_dataset(flip) gives the images."""
-    p = np.asarray(model.predict(make_dataset(False), verbose=0), dtype=np.float64)
+def keras_predictor(model, m, batch_size: int) -> Callable[[str, bool], np.ndarray]:
+    """predict(split, flip): the model's outputs for a split's images ("val" or "test"; flip: mirrored), in
+    manifest order."""
+    from .data import test_dataset, val_dataset
+
+    def predict(split: str, flip: bool) -> np.ndarray:
+        ds = val_dataset(m, max(batch_size, 64), flip=flip) if split == "val" else \
+            test_dataset(m, max(batch_size, 256), flip=flip)
+        return model.predict(ds, verbose=0)
+    return predict
+
+
+def predictor(cfg: DictConfig, m, model) -> Callable[[str, bool], np.ndarray]:
+    """How a model predicts a split: from the images, or for the frozen-feature mode from its cached embeddings
+    (src/features.py; the same numbers as its model.keras gives from the images, without embedding them again)."""
+    from . import features
+
+    if features.is_features(cfg):
+        return features.predictor(cfg, m, model)
+    return keras_predictor(model, m, int(cfg.train.batch_size))
+
+
+def predict_proba(predict: Callable[[str, bool], np.ndarray], split: str, tta: bool) -> np.ndarray:
+    """Probabilities in manifest order (1-D P(class 1) for two classes); tta also averages over horizontally
+    flipped images."""
+    p = np.asarray(predict(split, False), dtype=np.float64)
     if tta:
-        p = (p + np.asarray(model.predict(make_dataset(True), verbose=0), dtype=np.float64)) / 2
+        p = (p + np.asarray(predict(split, True), dtype=np.float64)) / 2
     return p.reshape(len(p)) if p.ndim == 2 and p.shape[1] == 1 else p
 
 
 def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] = SPLITS) -> None:
     """Predict the given splits with the model (loaded from lay.model if not given) and write their files."""
-    from .data import test_dataset, val_dataset
-
     model = model if model is not None else load_model(lay)
-    bs, tta = int(cfg.train.batch_size), bool(cfg.train.tta)
+    predict, tta = predictor(cfg, m, model), bool(cfg.train.tta)
     for split in splits:
+        p = predict_proba(predict, split, tta)
         if split == "val":
-            p = predict_proba(model, lambda flip: val_dataset(m, max(bs, 64), flip=flip), tta)
             frame = pd.DataFrame({"id": m.val["id"], "label": m.val["label"]})
         else:
-            p = predict_proba(model, lambda flip: test_dataset(m, max(bs, 256), flip=flip), tta)
             frame = pd.DataFrame({"id": m.test["id"], "ok": m.test["ok"].astype(bool)})
         columns = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
         for i, c in enumerate(m.classes):
