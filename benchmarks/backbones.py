@@ -7,8 +7,9 @@
 Measures, each backbone in its own process (peak memory is its own), with the project's code:
 
   embed      the frozen-feature mode's extractor (src/models/features.py: preprocessing + the frozen no-top
-             network, average-pooled) predicting batches of --batch images: seconds per image, what embedding a
-             data set costs once (model=features caches it)
+             network, average-pooled) predicting batches of --batch images (predict_on_batch, as the training
+             steps use train_on_batch): seconds per image, what embedding a data set costs once (model=features
+             caches it)
   head       scikit-learn's LogisticRegression head (src/features.fit_head) on 1,600 feature vectors of the
              backbone's width: seconds for the whole fit, what each later run of model=features costs
   phase 1    two-phase fine-tuning's head phase (src/finetune.py: backbone frozen), one training step per batch
@@ -27,6 +28,7 @@ Writes benchmarks/results/backbones.json (machine, load average, versions, every
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -36,8 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
-BACKBONES = ["MobileNet", "EfficientNetB0", "EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "ResNet50",
-             "ResNet50V2", "Xception", "InceptionV3"]
+BACKBONES = ["EfficientNetV2B0", "EfficientNetV2S", "ConvNeXtTiny", "ResNet50V2", "Xception", "InceptionV3",
+             "EfficientNetB0", "ResNet50", "MobileNet"]
 MODEL = {"MobileNet": "mobilenet", "EfficientNetB0": "efficientnet_b0", "EfficientNetV2B0": "efficientnet_v2_b0",
          "EfficientNetV2S": "efficientnet_v2_s", "ConvNeXtTiny": "convnext_tiny", "ResNet50": "resnet50",
          "ResNet50V2": "resnet50_v2", "Xception": "xception", "InceptionV3": "inception_v3"}
@@ -78,7 +80,7 @@ def child_backbone(args) -> dict:
     fcfg = _cfg("features", size, f"model.backbones=[{name}]")
     embed = extractor(name, (size, size, 3), model_params(fcfg.model))
     out = {"backbone": name, "size": size, "batch": bs,
-           "embed_s_per_img": _per_image(lambda: embed.predict(x, verbose=0), bs, args.embed_batches)}
+           "embed_s_per_img": _per_image(functools.partial(embed.predict_on_batch, x), bs, args.embed_batches)}
     dims = int(embed.output_shape[-1])
     rng = np.random.default_rng(2)
     feats = rng.normal(size=(1600, dims)).astype("float32")
@@ -155,7 +157,8 @@ def run_all(args) -> None:
               "--embed-batches", str(args.embed_batches)]
     baseline = bu.run_child(script, ["--what", "baseline", *common], timeout=3600)
     print(f"baseline {baseline['backbone']}: {baseline['train_s_per_img'] * 1000:.1f} ms/img", flush=True)
-    rows = []
+    rows: list[dict] = []
+    info.update(baseline=baseline, backbones=rows, complete=False)
     for name in args.only or BACKBONES:
         speed = bu.run_child(script, ["--what", "backbone", "--backbone", name, *common], timeout=3600)
         memory = bu.run_child(script, ["--what", "memory", "--backbone", name], timeout=3600)
@@ -168,8 +171,9 @@ def run_all(args) -> None:
         print(f"{name}: embed {row['embed_s_per_img'] * 1000:.1f} ms/img, phase 1 "
               f"{row['phase1_s_per_img'] * 1000:.1f}, phase 2 {row['phase2_s_per_img'] * 1000:.1f} ms/img "
               f"(load {row['load_after']})", flush=True)
+        bu.write_result("backbones", info, args.out)  # what is measured so far survives a stopped run
     _report(rows, baseline, args)
-    info.update(baseline=baseline, backbones=rows)
+    info["complete"] = True
     print(f"-> {bu.write_result('backbones', info, args.out)}")
 
 
