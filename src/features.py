@@ -133,17 +133,24 @@ def fit(cfg: DictConfig, m, rows, state, run_) -> float:
     return time.perf_counter() - t0
 
 
+AUTO_C = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]  # model.C=auto: the grid LogisticRegressionCV searches
+
+
 def fit_head(p, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int):
     """scikit-learn's LogisticRegression or MLPClassifier on standardised features, as the Keras head."""
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
     from .models.features import classifier
 
     scaler = StandardScaler().fit(x)
-    if p.head == "logistic":
+    if p.head == "logistic" and p.C == "auto":
+        # C by 5-fold cross-validation on the training rows alone (log loss), never on the validation fold
+        est = LogisticRegressionCV(Cs=AUTO_C, cv=5, scoring="neg_log_loss", max_iter=int(p.max_iter),
+                                   random_state=seed)
+    elif p.head == "logistic":
         est = LogisticRegression(C=float(p.C), max_iter=int(p.max_iter), random_state=seed)
     else:
         est = MLPClassifier(hidden_layer_sizes=tuple(p.hidden), alpha=float(p.alpha), max_iter=int(p.max_iter),
@@ -154,6 +161,8 @@ def fit_head(p, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int):
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
         print(f"features: the {p.head} head did not converge in model.max_iter={p.max_iter} iterations; "
               "raise it if the validation loss disappoints")
+    if p.head == "logistic" and p.C == "auto":
+        print(f"features: model.C=auto chose C={float(np.ravel(est.C_)[0]):g} (5-fold CV log loss on the training rows)")
     if len(est.classes_) != num_classes:
         from .errors import UserError
 

@@ -82,11 +82,12 @@ def test_feature_cache_is_reused_across_folds_and_runs_and_a_new_weights_file_in
     assert len(pd.read_csv(tmp_path / "submissions" / "demo-both.csv")) == 12
 
 
-@pytest.mark.parametrize("head", ["logistic", "mlp"])
+@pytest.mark.parametrize("head", ["logistic", "logistic_cv", "mlp"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_the_exported_head_is_the_fitted_scikit_learn_model(head: str, k: int):
-    """Standardisation folded into the first Dense layer; LogisticRegression's and MLPClassifier's probabilities."""
-    from sklearn.linear_model import LogisticRegression
+    """Standardisation folded into the first Dense layer; LogisticRegression's (model.C=auto: LogisticRegressionCV's)
+    and MLPClassifier's probabilities."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.neural_network import MLPClassifier
     from sklearn.preprocessing import StandardScaler
 
@@ -97,8 +98,9 @@ def test_the_exported_head_is_the_fitted_scikit_learn_model(head: str, k: int):
     x = rng.normal(3.0, 2.0, (120, 7)) * rng.uniform(0.1, 10, 7)
     y = (x @ rng.normal(size=7) > np.median(x @ rng.normal(size=7))).astype(int) if k == 2 else rng.integers(0, k, 120)
     scaler = StandardScaler().fit(x)
-    est = (LogisticRegression(max_iter=500) if head == "logistic"
-           else MLPClassifier(hidden_layer_sizes=(5, 4), max_iter=300, random_state=0)).fit(scaler.transform(x), y)
+    est = {"logistic": LogisticRegression(max_iter=500), "logistic_cv": LogisticRegressionCV(Cs=[0.01, 1], max_iter=500),
+           "mlp": MLPClassifier(hidden_layer_sizes=(5, 4), max_iter=300, random_state=0)}[head]
+    est.fit(scaler.transform(x), y)
     model = classifier(7, k, [5, 4] if head == "mlp" else [])
     model.set_weights(dense_weights(est, scaler))
     want = est.predict_proba(scaler.transform(x))
@@ -116,3 +118,22 @@ def test_the_course_mlp_goes_through_every_stage_into_mlflow(tmp_path: Path):
     run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db").get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert {"val_log_loss", "best_val_log_loss", "eval.val_log_loss"} <= set(run.data.metrics)
+
+
+def test_logistic_c_auto_is_chosen_by_cross_validation_on_the_training_rows(capsys):
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.preprocessing import StandardScaler
+
+    from conftest import compose
+    from src.features import AUTO_C, fit_head
+    from src.models import model_params
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 30))
+    y = (x[:, 0] + rng.normal(scale=2.0, size=80) > 0).astype(int)  # noisy: a small C should win
+    head = fit_head(model_params(compose("model=pixels", "model.C=auto").model), x, y, 2, 0)
+    xs = StandardScaler().fit_transform(x)
+    want = LogisticRegressionCV(Cs=AUTO_C, cv=5, scoring="neg_log_loss", max_iter=1000, random_state=0).fit(xs, y)
+    assert f"model.C=auto chose C={want.C_[0]:g}" in capsys.readouterr().out and want.C_[0] < 1
+    got = np.asarray(head.predict(x.astype("float32"), verbose=0), dtype=np.float64)[:, 0]
+    np.testing.assert_allclose(got, want.predict_proba(xs)[:, 1], atol=2e-5)

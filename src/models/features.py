@@ -10,7 +10,7 @@ from images as every other model does, with exactly the fitted head's numbers.
 """
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
 import keras
 from keras import layers
@@ -29,7 +29,7 @@ class Features(ModelParams):
     backbones: Annotated[list[Literal[EXTRACTORS]], Field(min_length=1)]  # type: ignore[valid-type]
     pixels: PositiveInt         # the pixels extractor: images downscaled to pixels x pixels
     head: Literal["logistic", "mlp"]
-    C: Positive                 # logistic: inverse L2 strength (scikit-learn's C)
+    C: Union[Literal["auto"], Positive]  # logistic: inverse L2 strength (scikit-learn's C); auto: chosen by CV
     hidden: Widths              # mlp: hidden layer widths
     alpha: NonNegative          # mlp: L2 strength
     max_iter: PositiveInt
