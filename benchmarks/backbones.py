@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/backbones.py                     # every backbone, ~20-40 min on 2 busy cores
     .venv/bin/python benchmarks/backbones.py --only MobileNet --steps 1 --embed-batches 1    # a quick look
+    .venv/bin/python benchmarks/backbones.py --report benchmarks/results/backbones.json   # its tables again
 
 Measures, each backbone in its own process (peak memory is its own), with the project's code:
 
@@ -205,10 +206,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed training steps per phase")
     ap.add_argument("--embed-batches", type=int, default=3, help="timed embedding batches")
     ap.add_argument("--out", help="result JSON (default benchmarks/results/backbones.json)")
+    ap.add_argument("--report", metavar="JSON", help="print the tables of an earlier result file and stop")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--what", choices=["backbone", "baseline", "memory"], help=argparse.SUPPRESS)
     ap.add_argument("--backbone", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.report:
+        import json
+
+        done = json.loads(Path(args.report).read_text())
+        args.size, args.batch = done["settings"]["size"], done["settings"]["batch"]
+        _report(done["backbones"], done["baseline"], args)
+        return
     if not args.child:
         run_all(args)
         return
