@@ -1,7 +1,7 @@
 """Transfer learning on a CPU (issue 17): each keras.applications backbone's cost at 150x150, random weights
 (speed only: ImageNet's weights cannot be downloaded here, and the weights do not change the speed).
 
-    .venv/bin/python benchmarks/backbones.py                     # every backbone, ~20-40 min on 2 busy cores
+    .venv/bin/python benchmarks/backbones.py                     # every backbone, ~50 min on 2 heavily shared cores
     .venv/bin/python benchmarks/backbones.py --only MobileNet --steps 1 --embed-batches 1    # a quick look
     .venv/bin/python benchmarks/backbones.py --report benchmarks/results/backbones.json   # its tables again
 
