@@ -24,9 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import interrupts
 from .files import atomic_path, locked, read_json, short_hash, write_json
+from .finetune import NAMES
 from .paths import Layout
 
-# Config keys that define a training run: a checkpoint made under other values is not resumed.
+# Config keys that define a training run: a checkpoint made under other values is not resumed (train.finetune too,
+# when fine-tuning is on: config_hash).
 RESUME_KEYS = ["dataset", "model", "train.epochs", "train.batch_size", "train.optimizer", "train.lr",
                "train.weight_decay", "train.momentum", "train.nesterov", "train.schedule", "train.warmup_epochs",
                "train.label_smoothing", "train.precision", "train.subset", "train.fit_on_all", "train.ema_momentum",
@@ -47,6 +49,8 @@ class TrainingState:
         self.history: list[dict[str, float]] = []
         self.run_id: str | None = None
         self.rng: list[list[int]] = []  # the model's random-generator states (augmentation, dropout) after `epoch`
+        self.phase = 0  # fine-tuning (src/finetune.py): 1 head, 2 fine-tune; 0 a one-phase run
+        self.phase_start: int | None = None  # the epochs done when phase 2 began
 
     def load(self) -> bool:
         if not (self.file.is_file() and self.last.is_file()):
@@ -57,23 +61,28 @@ class TrainingState:
             return False
         self.epoch, self.best_score, self.best_epoch = s["epoch"], s["best_score"], s["best_epoch"]
         self.wait, self.history, self.run_id, self.rng = s["wait"], s["history"], s.get("run_id"), s.get("rng", [])
+        self.phase, self.phase_start = s.get("phase", 0), s.get("phase_start")
         return True
 
     def save(self) -> None:
         write_json(self.file, {"config_hash": self.cfg_hash, "epoch": self.epoch, "best_score": self.best_score,
                                "best_epoch": self.best_epoch, "wait": self.wait, "history": self.history,
-                               "run_id": self.run_id, "rng": self.rng})
+                               "run_id": self.run_id, "rng": self.rng, "phase": self.phase,
+                               "phase_start": self.phase_start})
 
     def finished(self, cfg: DictConfig) -> bool:
-        """Nothing left to train: every epoch ran, or patience ran out."""
+        """Nothing left to train: every epoch ran, or patience ran out (in fine-tuning's phase 1 that only ends
+        phase 1)."""
         patience = int(cfg.train.early_stopping_patience)
-        return self.epoch >= int(cfg.train.epochs) or (patience > 0 and self.wait >= patience)
+        stopped = patience > 0 and self.wait >= patience and self.phase != 1
+        return self.epoch >= int(cfg.train.epochs) or stopped
 
 
 def config_hash(cfg: DictConfig) -> str:
     """A hash of the keys that define a training run (RESUME_KEYS)."""
+    names = RESUME_KEYS + (["train.finetune"] if OmegaConf.select(cfg, "train.finetune.head_epochs") else [])
     keys = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-            for k, v in ((k, OmegaConf.select(cfg, k)) for k in RESUME_KEYS)}
+            for k, v in ((k, OmegaConf.select(cfg, k)) for k in names)}
     return short_hash(keys)
 
 
@@ -166,12 +175,16 @@ class EpochEnd(keras.callbacks.Callback):
             self.diverged = f"{bad[0]} became {logs[bad[0]]} at epoch {epoch + 1}"
             self.model.stop_training = True
             return
-        self._checkpoint(epoch, logs, seconds)
-        self.run.log_metrics({**logs, "epoch_seconds": seconds}, step=epoch + 1)
-        print(f"train: epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate"))
         st = self.state
+        phase = {"phase": st.phase} if st.phase else {}  # fine-tuning: which phase this epoch trained in
+        self._checkpoint(epoch, {**logs, **phase}, seconds)
+        self.run.log_metrics({**logs, **phase, "epoch_seconds": seconds}, step=epoch + 1)
+        label = f" ({NAMES[st.phase]})" if st.phase else ""
+        print(f"train: epoch {epoch + 1}{label}: "
+              + " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate"))
         if self.patience and st.wait >= self.patience:
-            print(f"train: early stop, no better val_log_loss for {self.patience} epochs (best epoch {st.best_epoch + 1})")
+            what = "phase 1 (head) ends early" if st.phase == 1 else "early stop"
+            print(f"train: {what}, no better val_log_loss for {self.patience} epochs (best epoch {st.best_epoch + 1})")
             self.model.stop_training = True
 
     def _checkpoint(self, epoch: int, logs: dict[str, float], seconds: float) -> None:

@@ -41,6 +41,7 @@ class Paths(Section):
     plots: str
     predictions: str
     submissions: str
+    features: str
 
 
 class Prepare(Section):
@@ -87,6 +88,20 @@ class Dataset(Section):
         return self
 
 
+Schedule = Literal["constant", "cosine", "onecycle"]
+
+
+class Finetune(Section):
+    """Two-phase fine-tuning of a backbone (src/finetune.py): phase 1 trains the head for head_epochs, phase 2 the
+    unfrozen backbone (at backbone_lr_multiplier x train.lr) and the head (at train.lr) until train.epochs."""
+    head_epochs: Annotated[Count, Field(description="0 = one phase, no fine-tuning")]
+    head_lr: Positive
+    head_schedule: Schedule
+    unfreeze: Annotated[Union[Literal["all"], PositiveInt, Name], Field(
+        description="all, the top N layers with weights, or the layers from the first one whose name starts so")]
+    backbone_lr_multiplier: Annotated[float, Field(gt=0, le=1)]
+
+
 class Train(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
@@ -95,7 +110,7 @@ class Train(Section):
     weight_decay: NonNegative
     momentum: Fraction
     nesterov: bool
-    schedule: Literal["constant", "cosine", "onecycle"]
+    schedule: Schedule
     warmup_epochs: NonNegative
     label_smoothing: Fraction
     ema_momentum: Optional[OpenFraction]
@@ -110,6 +125,7 @@ class Train(Section):
     tta: bool
     subset: Annotated[Count, Field(description="0 = all")]
     fit_on_all: bool
+    finetune: Finetune
 
 
 class Augment(Section):
@@ -265,6 +281,13 @@ class Config(Section):
         if self.cv.folds and self.train.fit_on_all:
             raise _Invalid("train.fit_on_all", True, "false when cv.folds is set (in cross-validation every image "
                            "is some fold's validation image)")
+        head_epochs = self.train.finetune.head_epochs
+        if head_epochs and self.model.get("arch") != "backbone":
+            raise _Invalid("train.finetune.head_epochs", head_epochs, "0 unless the model is a keras.applications "
+                           f"backbone (model.arch=backbone, e.g. model=efficientnet_b0; now {self.model.get('arch')})")
+        if head_epochs and head_epochs >= self.train.epochs:
+            raise _Invalid("train.finetune.head_epochs", head_epochs, f"fewer than train.epochs={self.train.epochs} "
+                           "(phase 2 fine-tunes for the epochs after the head's)")
         return self
 
 
@@ -284,10 +307,10 @@ def check(cfg: DictConfig, stage: str | None = None) -> None:
     container.pop("hydra", None)
     validate(Config, container)
     if stage in ("train",):
-        from .models import model_params
+        from .models import check_model
         from .runtime import check_batch_fits_devices
 
-        model_params(cfg.model)
+        check_model(cfg.model, int(cfg.dataset.image_size))
         check_batch_fits_devices(cfg)
 
 

@@ -7,12 +7,14 @@ One column per class (for two classes p_<classes[1]> is the model's sigmoid, p_<
 model's own probabilities: no temperature, no clip (src/submission.py finalizes them). Beside each CSV a .json
 says what made it: the MLflow run, the model file and its sha256, TTA, the classes, and the CSV's own sha256.
 Train writes both at its end; evaluate and predict read them, and remake them from the model only when they are
-missing or were made by another model or another train.tta.
+missing or were made by another model or another train.tta. How a model predicts a split is its predictor: the
+Keras model on the images, or for the frozen-feature mode its head on the cached embeddings (src/features.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -65,20 +67,34 @@ def predict_proba(model, make_dataset, tta: bool, what: str = "inference", n: in
     return p.reshape(len(p)) if p.ndim == 2 and p.shape[1] == 1 else p
 
 
-def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] = SPLITS) -> None:
-    """Predict the given splits with the model (loaded from lay.model if not given) and write their files."""
+def runner(cfg: DictConfig, m, model) -> tuple[Any, Callable[[str, bool], Any]]:
+    """The Keras model that predicts and inputs(split, flip), what it predicts from: a split's images ("val" or
+    "test"; flip: mirrored), in manifest order, or for the frozen-feature mode its head on the split's cached
+    embeddings (src/features.py; the same numbers as its model.keras gives from the images, without embedding
+    them again)."""
+    from . import features
     from .data import test_dataset, val_dataset
 
+    if features.is_features(cfg):
+        return features.predictor(cfg, m, model)
+    bs = int(cfg.train.batch_size)
+
+    def inputs(split: str, flip: bool):
+        return val_dataset(m, max(bs, 64), flip=flip) if split == "val" else test_dataset(m, max(bs, 256), flip=flip)
+    return model, inputs
+
+
+def write(cfg: DictConfig, lay: Layout, m, model=None, splits: tuple[str, ...] = SPLITS) -> None:
+    """Predict the given splits with the model (loaded from lay.model if not given) and write their files."""
     model = model if model is not None else load_model(lay)
-    bs, tta = int(cfg.train.batch_size), bool(cfg.train.tta)
+    predicting, inputs = runner(cfg, m, model)
+    tta = bool(cfg.train.tta)
     for split in splits:
+        rows = m.val if split == "val" else m.test
+        p = predict_proba(predicting, lambda flip: inputs(split, flip), tta, f"inference: {split}", len(rows))
         if split == "val":
-            p = predict_proba(model, lambda flip: val_dataset(m, max(bs, 64), flip=flip), tta, "inference: val",
-                              len(m.val))
             frame = pd.DataFrame({"id": m.val["id"], "label": m.val["label"]})
         else:
-            p = predict_proba(model, lambda flip: test_dataset(m, max(bs, 256), flip=flip), tta, "inference: test",
-                              len(m.test))
             frame = pd.DataFrame({"id": m.test["id"], "ok": m.test["ok"].astype(bool)})
         columns = np.stack([1 - p, p], axis=1) if p.ndim == 1 else p
         for i, c in enumerate(m.classes):

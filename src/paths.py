@@ -57,6 +57,7 @@ class Layout:
         fold_dir = f"fold-{self.fold}" if self.folds and self.fold is not None else None
         self._raw(cfg)
         self._prepared(project_path(cfg.paths.processed) / ds)
+        self.features = project_path(cfg.paths.features) / ds  # frozen-feature embeddings, one folder per key
         self._trained(project_path(cfg.paths.models) / ds / name, fold_dir)
         self._evaluated(cfg, fold_dir)
         self._searched(cfg)
@@ -126,6 +127,10 @@ class Layout:
     def predictions(self, split: str) -> Path:
         """The model's raw probabilities for a split ("val" or "test"), with ids; its .json describes them."""
         return self.predictions_dir / f"{split}.csv"
+
+    def feature_cache(self, key: str) -> Path:
+        """One extractor's embeddings of the prepared images (src/features.py): train.npy, test.npy (+ _flip)."""
+        return self.features / key
 
     def plot(self, filename: str) -> Path:
         return self.plots / filename

@@ -25,15 +25,18 @@ def _save(fig, path: Path) -> None:
 
 
 def learning_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Log loss and accuracy per epoch, training and validation."""
+    """Log loss and accuracy per epoch, training and validation (fine-tuning: a line where phase 2 starts)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
+    phase_2 = next((h["epoch"] for h in history if h.get("phase") == 2), None)
     for ax, key in zip(axes, ("log_loss", "accuracy")):
         for prefix, style in (("", "-"), ("val_", "--")):
             vals = [h.get(prefix + key) for h in history]
             if any(v is not None for v in vals):
                 ax.plot(epochs, vals, style, marker="o", label=(prefix or "train_") + key)
+        if phase_2 is not None:
+            ax.axvline(phase_2 - 0.5, color="grey", linestyle=":", label="fine-tuning starts")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.legend()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, inference, interrupts, manifests, oof, plots, progress, runtime, tracking
+from . import checkpoint, features, finetune, inference, interrupts, manifests, oof, plots, progress, runtime, tracking
 from .errors import UserError
 from .files import read_json, write_json, write_text
 from .manifests import Manifests
@@ -131,38 +131,58 @@ def _model(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.
         sample = np.sort(np.random.default_rng(int(cfg.seed)).permutation(rows["index"].to_numpy())[:5000])
         for layer in fitted:
             layer.fit_to_data(map_rows(m.train_images)[sample])
-    compile_model(model, cfg, m.num_classes, steps)
+    phase_1 = finetune.start(model, cfg, state, steps) if finetune.enabled(cfg) else None  # its own optimiser
+    compile_model(model, cfg, m.num_classes, steps, phase_1)
     return model
 
 
 def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState,
          run_: tracking.Run, precision: str, callbacks: Sequence[Any] = ()) -> tuple[float, checkpoint.EpochEnd]:
-    """Fit from the state's epoch to train.epochs (early stopping, checkpoints); the seconds it took, and the
-    epoch-end callback that holds the best epoch. `callbacks` are the caller's extra Keras callbacks (a search
-    trial's pruning)."""
-    from .data import steps_per_epoch, train_dataset, val_dataset
+    """Fit from the state's epoch to train.epochs (early stopping, checkpoints; with train.finetune phase 1 then
+    phase 2); the seconds it took, and the epoch-end callback that holds the best epoch. `callbacks` are the
+    caller's extra Keras callbacks (a search trial's pruning). The frozen-feature mode fits its head instead
+    (src/features.py)."""
+    from .data import steps_per_epoch
 
-    bs = int(cfg.train.batch_size)
-    steps = max(1, steps_per_epoch(len(rows), bs))
+    steps = max(1, steps_per_epoch(len(rows), int(cfg.train.batch_size)))
     callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_, int(cfg.train.checkpoint_every))
+    if features.is_features(cfg):
+        return features.fit(cfg, m, rows, state, run_), callback
     t0 = time.perf_counter()
     with runtime.distribution(cfg):
         model = _model(cfg, m, rows, state, steps)
         if cfg.train.distribute == "data_parallel":
             print(f"train: data parallel over {runtime.replicas_in_use(model)} replicas")
-        if not state.finished(cfg):
-            # Epoch e's batches depend on (seed, e) only and the generators' states come back with the
-            # checkpoint, so a resumed run trains on what an uninterrupted one would have.
-            train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch,
-                                     mixup=float(cfg.augment.mixup), cutmix=float(cfg.augment.cutmix))
-            with interrupts.deferred():  # Ctrl-C/SIGTERM stop fit at a batch end; raised once it returns
-                model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
-                          validation_freq=int(cfg.train.validation_freq),
-                          epochs=int(cfg.train.epochs), initial_epoch=state.epoch, steps_per_epoch=steps,
-                          callbacks=[*progress.train_callbacks(int(cfg.train.epochs), steps), callback, *callbacks],
-                          shuffle=False, verbose=progress.fit_verbosity())
+        every = [*progress.train_callbacks(int(cfg.train.epochs), steps), callback, *callbacks]
+        while not (state.finished(cfg) or callback.diverged):
+            if finetune.phase_over(cfg, state):
+                from .optimizer import compile_model
+
+                compile_model(model, cfg, m.num_classes, steps, finetune.begin_phase_2(model, cfg, state, steps))
+            done = state.epoch
+            _fit_phase(cfg, m, rows, state, model, every, steps)
+            if state.epoch == done and not finetune.phase_over(cfg, state):
+                break  # nothing trained and no phase to move on to (stopped from outside)
     _check_outcome(cfg, state, callback, precision)
     return time.perf_counter() - t0, callback
+
+
+def _fit_phase(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState, model,
+               callbacks: list[Any], steps: int) -> None:
+    """model.fit from the state's epoch to the end of its phase (train.epochs for a one-phase run)."""
+    from .data import train_dataset, val_dataset
+
+    bs = int(cfg.train.batch_size)
+    end = finetune.phase_end(cfg, state) if state.phase else int(cfg.train.epochs)
+    # Epoch e's batches depend on (seed, e) only and the generators' states come back with the
+    # checkpoint, so a resumed run trains on what an uninterrupted one would have.
+    train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch,
+                             mixup=float(cfg.augment.mixup), cutmix=float(cfg.augment.cutmix))
+    with interrupts.deferred():  # Ctrl-C/SIGTERM stop fit at a batch end; raised once it returns
+        model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
+                  validation_freq=int(cfg.train.validation_freq),
+                  epochs=end, initial_epoch=state.epoch, steps_per_epoch=steps,
+                  callbacks=callbacks, shuffle=False, verbose=progress.fit_verbosity())
 
 
 def _check_outcome(cfg: DictConfig, state: checkpoint.TrainingState, callback: checkpoint.EpochEnd,
@@ -185,7 +205,8 @@ def _publish(cfg: DictConfig, lay: Layout, state: checkpoint.TrainingState, rt: 
     summary = {"run_id": state.run_id, "name": lay.name, "dataset": lay.dataset, "model": str(lay.model),
                "fold": lay.fold if lay.folds else None, "config_hash": checkpoint.config_hash(cfg),
                "best_epoch": state.best_epoch + 1, "best_val_log_loss": state.best_score, "epochs_run": state.epoch,
-               "stopped_early": state.epoch < int(cfg.train.epochs), "fit_seconds": round(fit_seconds, 2),
+               "stopped_early": state.epoch < int(cfg.train.epochs) and not features.is_features(cfg),
+               "fit_seconds": round(fit_seconds, 2),
                "tracking_uri": tracking.tracking_uri(cfg) if tracking.enabled(cfg) else None, **rt}
     write_json(lay.run_info, summary)
     return summary

@@ -25,7 +25,7 @@ def path_overrides(base: Path) -> list[str]:
     and of src/, and a load to check its example: ~1 s) is off; the tests of it turn it on."""
     return [f"paths.raw={base}/raw", f"paths.processed={base}/processed", f"paths.models={base}/models",
             f"paths.metrics={base}/metrics", f"paths.plots={base}/plots", f"paths.predictions={base}/predictions",
-            f"paths.submissions={base}/submissions",
+            f"paths.submissions={base}/submissions", f"paths.features={base}/features",
             f"tracking.uri=sqlite:///{base}/mlflow.db", "tracking.log_model=false"]
 
 
@@ -128,3 +128,24 @@ def model_probs(base: Path, split: str, flip: bool = False, model_file: Path | N
     if flip:
         x = x[:, :, ::-1]
     return df, model.predict(x, verbose=0)[:, 0].astype(np.float64)
+
+
+# ------------------------------------------------------------------ backbone weights the tests write
+def write_notop_weights(path: Path, backbone: str = "MobileNet", size: int = 32, seed: int = 0, alpha=None) -> Path:
+    """A no-top weights file of a keras.applications network, as Keras' *_notop.h5 files are (ImageNet's cannot
+    be downloaded here): seeded random weights, with every batch norm's moving statistics set from one batch of
+    random images, so the network's features carry signal in inference mode (a fresh network's unit statistics
+    would shrink them to nothing)."""
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(seed)
+    extra = {} if alpha is None else {"alpha": alpha}
+    net = getattr(keras.applications, backbone)(include_top=False, weights=None, input_shape=(size, size, 3),
+                                                pooling="avg", **extra)
+    norms = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.0  # the moving statistics become this batch's
+    net(np.random.default_rng(seed).uniform(-1, 1, (16, size, size, 3)).astype("float32"), training=True)
+    net.save_weights(path)
+    return path

@@ -107,8 +107,8 @@ def test_the_message_shows_the_value_given():
 
 @pytest.mark.parametrize("override, key, allowed", [
     ("model.dropout=1.0", "model.dropout", "a number in [0, 1)"),
-    ("model.arch=foo", "model.arch", "one of airbench, backbone, resnet_cifar, resnet_small, seed_cnn, xception_mini, "
-                                     "xception_small"),
+    ("model.arch=foo", "model.arch", "one of airbench, backbone, features, mlp, resnet_cifar, resnet_small, seed_cnn, "
+                                     "xception_mini, xception_small"),
     ("model=resnet_small model.widths=[32,0]", "model.widths", "a non-empty list of integers >= 1"),
     ("model=resnet_small model.blocks=[]", "model.blocks", "a non-empty list of integers >= 1"),
     ("model=resnet_small model.widths=[8,16,32] model.blocks=[1,1]", "model.blocks",
@@ -117,7 +117,9 @@ def test_the_message_shows_the_value_given():
     ("model=xception_mini model.stem_strides=3", "model.stem_strides", "one of 1, 2"),
     ("model=xception_mini model.stem_kernel=0", "model.stem_kernel", "an integer from 1 to 11"),
     ("model=xception_small model.head_width=0", "model.head_width", "an integer >= 1"),
-    ("model=efficientnet_b0 model.backbone=VGG16", "model.backbone", "one of EfficientNetB0, ResNet50"),
+    ("model=efficientnet_b0 model.backbone=VGG16", "model.backbone",
+     "one of EfficientNetB0, EfficientNetV2B0, EfficientNetV2S, ConvNeXtTiny, ResNet50, ResNet50V2, Xception, "
+     "InceptionV3, MobileNet"),
     ("model=efficientnet_b0 model.freeze_backbone=sometimes", "model.freeze_backbone", "true or false"),
 ])
 def test_model_keys_are_checked_for_train_only(override: str, key: str, allowed: str):

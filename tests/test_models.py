@@ -1,6 +1,8 @@
 """The networks (src/models/): every model config builds through its registered `arch` and gives float32
 probabilities under mixed_float16; keras.applications backbones build offline (weights=null) and from a local
-weights file; a missing weights file or too small an input is a UserError; the augmentation layer honours
+weights file, each with the input preprocessing its Keras module prescribes; a missing weights file, a file for
+another network or shape, ImageNet weights offline (one line naming the file Keras wants and where it goes) or too
+small an input is a one-line UserError; the augmentation layer honours
 augment.fill_mode; airbench's patch whitening whitens; custom layers load back with plain keras.saving.load_model
 (no custom_objects)."""
 from __future__ import annotations
@@ -10,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import compose
+from conftest import compose, path_overrides, run_cli, write_notop_weights
 from src.errors import UserError
 
 keras = pytest.importorskip("keras")
@@ -47,7 +49,16 @@ CASES = [  # model, overrides, image size, classes
     ("resnet_cifar", ["model.widths=[8,16,16,32]"], 64, 2),
     ("efficientnet_b0", [], 64, 2),
     ("resnet50", [], 64, 10),
+    ("mobilenet", [], 32, 2),
+    ("mlp", [], 48, 10),
+    ("mlp", ["model.input_size=null", "model.hidden=[8]"], 32, 2),
+    ("pixels", [], 48, 2),
+    ("features", ["model.backbones=[MobileNet,pixels]", "model.head=mlp"], 32, 3),
 ]
+# Too slow to build in the suite (seconds to tens of seconds each on 2 cores): built, trained and timed by
+# benchmarks/backbones.py; their preprocessing is checked below.
+BUILT_IN_BENCHMARK = {"efficientnet_v2_b0", "efficientnet_v2_s", "convnext_tiny", "resnet50_v2", "xception",
+                      "inception_v3"}
 
 
 @pytest.mark.parametrize("name, extra, size, k", CASES, ids=[f"{c[0]}-{c[2]}px-{c[3]}cls" + ("-narrow" if c[1] else "")
@@ -83,7 +94,8 @@ def _backbone(model):
     return subs[0]
 
 
-@pytest.mark.parametrize("name, app", [("efficientnet_b0", "EfficientNetB0"), ("resnet50", "ResNet50")])
+@pytest.mark.parametrize("name, app", [("efficientnet_b0", "EfficientNetB0"), ("resnet50", "ResNet50"),
+                                       ("mobilenet", "MobileNet")])
 def test_backbone_offline_and_from_a_local_weights_file(policy, tmp_path: Path, name: str, app: str):
     policy("float32")
     notop = getattr(keras.applications, app)(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
@@ -111,8 +123,71 @@ def test_missing_weights_file_is_a_user_error(tmp_path: Path, name: str):
 
 def test_every_model_config_names_a_registered_builder():
     shipped = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "model").glob("*.yaml"))
-    assert shipped == sorted({c[0] for c in CASES} | {"airbench", "xception_small"})  # CASES builds them all
+    assert shipped == sorted({c[0] for c in CASES} | {"airbench", "xception_small"} | BUILT_IN_BENCHMARK)
     assert {str(_cfg(m).model.arch) for m in shipped} == set(architectures())
+
+
+MODULES = {"EfficientNetB0": "efficientnet", "EfficientNetV2B0": "efficientnet_v2",
+           "EfficientNetV2S": "efficientnet_v2", "ConvNeXtTiny": "convnext", "ResNet50": "resnet50", "ResNet50V2": "resnet_v2", "Xception": "xception",
+           "InceptionV3": "inception_v3", "MobileNet": "mobilenet"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_each_backbone_gets_the_preprocessing_its_keras_module_prescribes(name: str):
+    from src.models.layers import ImageNetPreprocess
+    from src.models.weights import NETWORKS
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    want = getattr(keras.applications, MODULES[name]).preprocess_input(x.copy())
+    np.testing.assert_allclose(np.asarray(ImageNetPreprocess(NETWORKS[name].preprocessing)(x)), want, rtol=1e-5,
+                               atol=1e-4)
+    if NETWORKS[name].preprocessing == "none" and name != "EfficientNetB0":  # B0: built in CASES, checked below
+        import inspect
+
+        assert inspect.signature(getattr(keras.applications, name)).parameters["include_preprocessing"].default
+
+
+def test_efficientnet_b0_rescales_inside_itself():
+    from src.models.weights import network
+
+    kinds = {type(layer).__name__ for layer in network("EfficientNetB0", (32, 32, 3), None).layers}
+    assert {"Rescaling", "Normalization"} <= kinds
+
+
+@pytest.mark.parametrize("model, size, words", [("xception", 64, "Xception needs images of at least 71x71"),
+                                                ("inception_v3", 72, "InceptionV3 needs images of at least 75x75")])
+def test_too_small_an_image_for_a_backbone_is_one_line_before_any_work(model: str, size: int, words: str):
+    from src.models import check_model
+
+    with pytest.raises(UserError, match=words):
+        check_model(_cfg(model).model, size)
+
+
+def test_a_weights_file_of_another_shape_or_network_is_one_line(tmp_path: Path):
+    from src.models import check_model
+
+    narrow = write_notop_weights(tmp_path / "half.weights.h5", alpha=0.5)    # MobileNet at half the width
+    other = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(other)
+    for path in (narrow, other):
+        with pytest.raises(UserError) as e:
+            check_model(_cfg("mobilenet", f"model.weights={path}").model, 32)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(f"model.weights={path}: not a no-top weights file of MobileNet"), msg
+
+
+def test_imagenet_weights_offline_is_one_line_naming_the_file_and_the_folder(tmp_path: Path):
+    """The download is refused at once (a proxy on a closed local port), whatever network the machine has."""
+    proxy = "http://127.0.0.1:9"
+    r = run_cli("src.train", "dataset=demo", "model=mobilenet", "model.weights=imagenet", *path_overrides(tmp_path),
+                env={"KERAS_HOME": str(tmp_path / "keras"), "https_proxy": proxy, "HTTPS_PROXY": proxy,
+                     "no_proxy": "", "NO_PROXY": ""}, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model.weights=imagenet: Keras could not download "
+                                                   "mobilenet_1_0_224_tf_no_top.h5 for MobileNet"), r.stderr
+    assert f"put it in {tmp_path / 'keras' / 'models'}/" in lines[0]
+    assert "Downloading" not in r.stdout and not (tmp_path / "raw").exists()  # checked before any work
 
 
 def test_renamed_model_keeps_its_builder():

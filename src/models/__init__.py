@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import Fraction, Name, Section, validate
 from ..errors import UserError
-from ..paths import project_path
+from .weights import check_input_size, local_file, probe
 
 
 class ModelParams(Section):
@@ -27,6 +27,10 @@ class ModelParams(Section):
     dropout: Fraction
     weights: Optional[Name]    # null (fresh weights), or a weights file of this network (backbones: also imagenet)
     builder_loads_weights: ClassVar[bool] = False  # True: the builder reads `weights` itself (backbones)
+
+    def networks(self) -> list[str]:
+        """The keras.applications networks whose weights `weights` names (src/models/weights.py)."""
+        return []
 
 
 @dataclass(frozen=True)
@@ -61,22 +65,25 @@ def build_model(model_cfg: DictConfig | dict, input_shape, num_classes: int, aug
     p = model_params(model_cfg)
     model = _REGISTRY[p.arch].build(tuple(input_shape), int(num_classes), p, aug, int(seed))
     if p.weights and not p.builder_loads_weights:
-        model.load_weights(weights_file(p.weights))  # a from-scratch network's own earlier weights
+        model.load_weights(local_file(p.weights))  # a from-scratch network's own earlier weights
     return model
 
 
-def weights_file(weights: str) -> str:
-    """A local weights file named by model.weights (relative to the project root)."""
-    path = project_path(str(weights))
-    if not path.is_file():
-        raise UserError(f"model.weights={weights}: no such weights file ({path}); give null, imagenet (backbones) "
-                        "or an existing file")
-    return str(path)
+def check_model(model_cfg: DictConfig | dict, image_size: int) -> ModelParams:
+    """Before any work: the model's keys, its networks' smallest input size, and that their weights can be had
+    (offline ImageNet weights, a file for another network: one line each)."""
+    p = model_params(model_cfg)
+    for name in p.networks():
+        check_input_size(name, image_size)
+        probe(name, p.weights)
+    if p.weights and not p.builder_loads_weights:
+        local_file(p.weights)
+    return p
 
 
 def architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import backbones, scratch  # noqa: E402,F401  (registers the builders)
+from . import backbones, features, rates, scratch  # noqa: E402,F401  (registers the builders and optimizers)
 from .layers import data_fitted_layers  # noqa: E402,F401

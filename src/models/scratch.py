@@ -1,7 +1,7 @@
-"""Networks trained from scratch: the course's seed CNN, small Xceptions, ResNets, and airbench94's network."""
+"""Networks trained from scratch: the course's MLP and seed CNN, small Xceptions, ResNets, and airbench94's network."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional
 
 import keras
 from keras import layers
@@ -38,6 +38,25 @@ def seed_cnn(input_shape, num_classes: int, p: SeedCNN, aug, seed: int) -> keras
         x = layers.Dropout(p.dropout)(x)
     x = layers.Dense(512, activation="relu")(x)
     return keras.Model(image, head(x, num_classes), name=p.name)
+
+
+class MLP(ModelParams):
+    hidden: Widths                        # Dense (ReLU) widths
+    input_size: Optional[PositiveInt]     # images downscaled to input_size x input_size first; null: as prepared
+
+
+@register("mlp", MLP)
+def mlp(input_shape, num_classes: int, p: MLP, aug, seed: int) -> keras.Model:
+    """The course's first network: flattened pixels -> Dense 50 -> Dense 50 (ReLU) -> the head; what a CNN buys is
+    measured against it."""
+    image, x = inputs(input_shape, aug, seed)
+    x = layers.Rescaling(1.0 / 255)(x)
+    if p.input_size:
+        x = layers.Resizing(p.input_size, p.input_size, antialias=True)(x)
+    x = layers.Flatten()(x)
+    for width in p.hidden:
+        x = layers.Dense(width, activation="relu")(x)
+    return keras.Model(image, head(x, num_classes, p.dropout), name=p.name)
 
 
 class XceptionSmall(ModelParams):
