@@ -80,10 +80,13 @@ def config_hash(cfg: DictConfig) -> str:
     return short_hash(keys)
 
 
-def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
-    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh."""
+def start(cfg: DictConfig, lay: Layout, writes: bool = True) -> tuple[TrainingState, bool]:
+    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh. Only
+    the process that writes (writes=True) clears an old checkpoint; the others of a multi-process job just read."""
     state = TrainingState(lay, config_hash(cfg))
     resumed = bool(cfg.train.resume) and state.load()
+    if not writes:
+        return state, resumed
     if not resumed and lay.checkpoint_dir.exists():
         shutil.rmtree(lay.checkpoint_dir)
     lay.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -117,16 +120,20 @@ def _seed_states(model) -> list:
 
 
 def save_model_atomic(model, path: Path) -> None:
-    with atomic_path(path, suffix=".keras") as tmp:
+    from .runtime import outside_distribution
+
+    with atomic_path(path, suffix=".keras") as tmp, outside_distribution():
         model.save(tmp)
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """At each epoch's end: stop on NaN, keep the best model, checkpoint for resume, log to MLflow, early-stop."""
+    """At each epoch's end: stop on NaN, keep the best model, checkpoint for resume, log to MLflow, early-stop.
+    writes=False (the other processes of a multi-process job): the same decisions, from the same all-reduced
+    metrics, without writing anything."""
 
-    def __init__(self, state: TrainingState, patience: int, run: Any):
+    def __init__(self, state: TrainingState, patience: int, run: Any, writes: bool = True):
         super().__init__()
-        self.state, self.patience, self.run = state, patience, run
+        self.state, self.patience, self.run, self.writes = state, patience, run, writes
         self.diverged: str | None = None
         self._t0 = time.perf_counter()
 
@@ -159,13 +166,17 @@ class EpochEnd(keras.callbacks.Callback):
     def _checkpoint(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
         st = self.state
         score = logs.get("val_log_loss", logs.get("log_loss", math.inf))
-        if score < st.best_score:
+        better = score < st.best_score
+        if better:
             st.best_score, st.best_epoch, st.wait = score, epoch, 0
-            save_model_atomic(self.model, st.best)
         else:
             st.wait += 1
         st.epoch = epoch + 1
         st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
+        if not self.writes:
+            return
+        if better:
+            save_model_atomic(self.model, st.best)
         st.rng = [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)]
         save_model_atomic(self.model, st.last)
         st.save()  # written last: it only ever names complete checkpoint files

@@ -11,6 +11,7 @@ src/optimizer.py.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, inference, interrupts, manifests, oof, plots, runtime, tracking
+from . import checkpoint, inference, interrupts, manifests, multiprocess, oof, plots, runtime, tracking
 from .errors import UserError
 from .files import atomic_path, read_json, write_json, write_text
 from .manifests import Manifests
@@ -69,26 +70,35 @@ def _trained(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def train_one(cfg: DictConfig) -> dict[str, Any]:
-    """Train one model (one fold of a cross-validated member); return its summary (run.json)."""
+    """Train one model (one fold of a cross-validated member); return its summary (run.json). In a multi-process
+    job (src/multiprocess.py) every process trains and only process 0 writes (lock, MLflow, checkpoints, outputs)."""
     lay = Layout(cfg)
-    if lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member as cross-validated
+    rt = runtime.setup(cfg)
+    chief = multiprocess.is_chief()
+    if chief and lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member
         write_json(lay.member_record, {"run_id": None, "folds": int(lay.folds)})
-    with checkpoint.exclusive(lay):
+    with checkpoint.exclusive(lay) if chief else contextlib.nullcontext():
         m = manifests.for_run(cfg, lay)
         rows = training_rows(cfg, m)
-        rt = runtime.setup(cfg)
-        state, resumed = checkpoint.start(cfg, lay)
+        state, resumed = checkpoint.start(cfg, lay, writes=chief)
         tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "hydra.overrides": tracking.hydra_overrides(),
                 "dataset.fingerprint": m.fingerprint(), "resumed": str(resumed).lower(), **tracking.git_info(), **rt,
                 **({"member": lay.name, "cv.folds": str(lay.folds), "cv.fold": str(lay.fold)} if lay.folds else {})}
         run_name = f"{lay.name}-fold{lay.fold}" if lay.folds else lay.name
-        with tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) as run_:
+        opened = (tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) if chief
+                  else contextlib.nullcontext(tracking.Run()))
+        with opened as run_:
+            multiprocess.on_abort(run_.fail)
             state.run_id = run_.id
-            _record_config(cfg, lay, run_)
+            if chief:
+                _record_config(cfg, lay, run_)
             print(f"train: {cfg.model.name} on {lay.dataset}: {len(rows)} train / {len(m.val)} val images, "
                   f"{rt['runtime.precision']} on {rt['runtime.device']} ({rt['runtime.backend']})"
                   + (f"; resuming after epoch {state.epoch}" if resumed else ""))
-            fit_seconds = _fit(cfg, m, rows, state, run_, rt["runtime.precision"])
+            fit_seconds = _fit(cfg, m, rows, state, run_, rt["runtime.precision"], chief)
+            if not chief:
+                print(f"train: process {multiprocess.index()} of {multiprocess.count()} done; process 0 writes the outputs")
+                return {"process": multiprocess.index(), "epochs_run": state.epoch, "best_epoch": state.best_epoch + 1}
             summary = _publish(cfg, lay, state, rt, fit_seconds)
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
@@ -137,13 +147,15 @@ def _model(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.
 
 
 def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState,
-         run_: tracking.Run, precision: str) -> float:
-    """Fit from the state's epoch to train.epochs (early stopping, checkpoints each epoch); the seconds it took."""
+         run_: tracking.Run, precision: str, writes: bool = True) -> float:
+    """Fit from the state's epoch to train.epochs (early stopping, checkpoints each epoch); the seconds it took.
+    Several processes (runtime.multiprocess_shard): each feeds its part of every global batch, whole batches only."""
     from .data import steps_per_epoch, train_dataset, val_dataset
 
     bs = int(cfg.train.batch_size)
-    steps = max(1, steps_per_epoch(len(rows), bs))
-    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_)
+    shard = runtime.multiprocess_shard(cfg)
+    steps = max(1, steps_per_epoch(len(rows), bs, drop_remainder=shard is not None))
+    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_, writes)
     t0 = time.perf_counter()
     with runtime.distribution(cfg):
         model = _model(cfg, m, rows, state, steps)
@@ -152,24 +164,25 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
         if not state.finished(cfg):
             # Epoch e's batches depend on (seed, e) only and the generators' states come back with the
             # checkpoint, so a resumed run trains on what an uninterrupted one would have.
-            train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch,
-                                     mixup=float(cfg.augment.mixup), cutmix=float(cfg.augment.cutmix))
+            train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch, shard=shard,
+                                     drop_remainder=shard is not None, mixup=float(cfg.augment.mixup),
+                                     cutmix=float(cfg.augment.cutmix))
             with interrupts.deferred():  # Ctrl-C/SIGTERM stop fit at a batch end; raised once it returns
-                model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
+                model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), shard=shard),
                           epochs=int(cfg.train.epochs), initial_epoch=state.epoch, steps_per_epoch=steps,
                           callbacks=[callback], shuffle=False, verbose=2 if os.environ.get("KAGGLEPIPE_VERBOSE") else 0)
-    _check_outcome(cfg, state, callback, precision)
+    _check_outcome(cfg, state, callback, precision, writes)
     return time.perf_counter() - t0
 
 
 def _check_outcome(cfg: DictConfig, state: checkpoint.TrainingState, callback: checkpoint.EpochEnd,
-                   precision: str) -> None:
+                   precision: str, writes: bool = True) -> None:
     if callback.diverged:
         kept = (f"the best checkpoint so far (epoch {state.best_epoch + 1}) is kept in {state.best}"
                 if state.best.is_file() else "no epoch finished before it, so there is no checkpoint")
         hint = "" if precision == "float32" else " or use train.precision=float32"
         raise UserError(f"training diverged: {callback.diverged}; {kept}; lower train.lr (now {cfg.train.lr}){hint}")
-    if not state.best.is_file():
+    if writes and not state.best.is_file():
         raise UserError(f"training produced no checkpoint in {state.dir}; check the logs above")
 
 
