@@ -85,15 +85,17 @@ def failure(e: BaseException) -> tuple[str, int] | None:
 
 
 def _submitit_failure(text: str) -> tuple[str, int]:
-    """submitit's error holds the job's stderr (or traceback) and its result's path: the job's own `error:` line if
-    it printed one (a user mistake, exit 2), else the last line of its trace."""
-    job = re.search(r"Job (\S+) \(task: (\d+)\) with path (\S+)_result\.pkl", text)
-    name = f"submitit job {job.group(1)}" if job else "a sweep job"
-    where = f"; its log: {job.group(3)}_log.err" if job else ""
+    """submitit's error holds the job's stderr or traceback and its log's path: the job's own `error:` line if it
+    printed one (a user mistake, exit 2), else the last line of its traceback, else that it died without a word."""
+    log = re.search(r"(\S+?)_(?:result\.pkl|log\.err)", text)
+    job_id = re.search(r"(\d+(?:_\d+)?)_\d+$", log.group(1)) if log else None
+    name = f"submitit job {job_id.group(1)}" if job_id else "a sweep job"
+    where = f"; its log: {log.group(1)}_log.err" if log else ""
     said = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("error: ")]
     if said:
         return f"{name} failed: {said[-1][len('error: '):]}{where}", 2
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not set(ln.strip()) <= {"-"}]
-    died = any("has not produced any output" in ln for ln in lines)
-    reason = "its process ended without a result (killed, or out of memory)" if died else (lines[-1] if lines else "?")
+    noise = ("- ", "You can check", "submitit ", "File ", "^", "Traceback", "Job ", "has not produced", "No error stream")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not set(ln.strip()) <= {"-"} and not ln.strip().startswith(noise)]
+    reason = lines[-1] if lines else "its process ended without a result (killed, or out of memory)"
     return f"{name} failed: {reason[:300]}{where}", 1
