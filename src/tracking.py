@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -259,7 +260,7 @@ def _client(cfg: DictConfig):
     uri = tracking_uri(cfg)
     check_server(cfg)
     if _sqlite_file(uri) is not None:
-        _sqlite_for_concurrent_writers()
+        _sqlite_for_concurrent_writers(_sqlite_file(uri))
     client = MlflowClient(uri)
     _open_store(client, uri, str(cfg.tracking.experiment))
     return client
@@ -301,6 +302,7 @@ def check_server(cfg: DictConfig) -> None:
     uri = tracking_uri(cfg)
     if not enabled(cfg) or not is_server(uri) or uri in _REACHED:
         return
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -310,9 +312,8 @@ def check_server(cfg: DictConfig) -> None:
     try:
         r = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET", max_retries=0,
                          timeout=10, raise_on_status=False, params={"experiment_name": str(cfg.tracking.experiment)})
-    except requests.exceptions.RequestException as e:
-        reason = type(e).__name__.replace("Error", " error").lower().strip()
-        raise UserError(f"MLflow tracking server {uri} is unreachable ({reason}); {fix}") from None
+    except (requests.exceptions.RequestException, MlflowException) as e:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({_unreachable_reason(e)}); {fix}") from None
     if r.status_code >= 400 and not (r.status_code == 404 and "RESOURCE_DOES_NOT_EXIST" in r.text):
         said = (r.text.strip().splitlines() or [""])[0][:150]
         raise UserError(f"MLflow tracking server {uri} answered HTTP {r.status_code}"
@@ -321,13 +322,28 @@ def check_server(cfg: DictConfig) -> None:
     _REACHED.add(uri)
 
 
+def _unreachable_reason(e: BaseException) -> str:
+    """'connection error', 'connect timeout', ...: from the requests exception under MLflow's wrapper (MLflow 3
+    re-raises every transport error as an MlflowException, the original as its cause or context)."""
+    import requests
+
+    cause = e
+    while not isinstance(cause, requests.exceptions.RequestException) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, requests.exceptions.RequestException):
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", type(cause).__name__).lower()
+
+
 _SQLITE_BUSY_MS = 60_000
+_SQLITE_STORES: set[str] = set()  # the store files whose connections get _sqlite_pragmas
 
 
-def _sqlite_for_concurrent_writers() -> None:
-    """Every SQLite connection MLflow opens in this process gets _sqlite_pragmas (once registered, for good)."""
+def _sqlite_for_concurrent_writers(db: Path) -> None:
+    """Every connection MLflow (SQLAlchemy) opens to this store file in this process gets _sqlite_pragmas."""
     import sqlalchemy
 
+    _SQLITE_STORES.add(str(db.resolve()))
     if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_pragmas):
         sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_pragmas)
 
@@ -340,6 +356,10 @@ def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
 
     if isinstance(dbapi_connection, sqlite3.Connection):
         cur = dbapi_connection.cursor()
+        main = next((row[2] for row in cur.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if main and str(Path(main).resolve()) not in _SQLITE_STORES:
+            cur.close()
+            return
         cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
         with contextlib.suppress(sqlite3.OperationalError):  # another process holds the database right now
             cur.execute("PRAGMA journal_mode = WAL")
