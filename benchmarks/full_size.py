@@ -265,6 +265,33 @@ def growth(results: list[dict]) -> list[dict]:
     return out
 
 
+def one_dataset(work: Path, ds: str, full: dict, sizes: list[float], a: argparse.Namespace, info: dict) -> list[dict]:
+    """Build the dataset's raw folder at the largest size, then run the pipeline at every size (smaller sizes:
+    symlinks to the first part of the largest)."""
+    raw_full = work / "raw" / f"{ds}-full"
+    print(f"building {raw_full} ...", flush=True)
+    built = (build_dogs(raw_full, full["dogs_train_per_class"], full["dogs_test"], a.workers) if ds == "dogs_vs_cats"
+             else build_cifar(raw_full, full["cifar_test"], a.workers))
+    print(f"  {built}", flush=True)
+    info[f"built_{ds}"] = built
+    results = []
+    for frac in sizes:
+        name = "full" if frac == sizes[0] else ("half" if frac == sizes[0] / 2 else f"x{frac:g}")
+        counts = {k: max(1, int(v * frac / sizes[0])) for k, v in full.items()}
+        raw = raw_full if name == "full" else work / "raw" / f"{ds}-{name}"
+        if raw != raw_full:
+            half_tree(raw_full, raw, ds, counts)
+        base = work / "out" / f"{ds}-{name}"
+        print(f"running the pipeline on {raw} ...", flush=True)
+        r = {"size": name, **pipeline(base, ds, raw, a.subset, a.timeout)}
+        if ds == "cifar10":
+            r["real_test"] = cifar_accuracy(raw, base / "submissions" / "cifar10-full.csv")
+        results.append(r)
+        print(report([r]), flush=True)
+        shutil.rmtree(base / "processed", ignore_errors=True)  # keep the disk use down between runs
+    return results
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=1.0, help="fraction of the Kaggle image counts (1.0: full size)")
@@ -288,27 +315,7 @@ def main() -> None:
     try:
         full = {k: max(1, int(v * a.scale * sizes[0])) for k, v in FULL.items()}
         for ds in a.datasets.split(","):
-            raw_full = work / "raw" / f"{ds}-full"
-            print(f"building {raw_full} ...", flush=True)
-            built = (build_dogs(raw_full, full["dogs_train_per_class"], full["dogs_test"], a.workers) if ds == "dogs_vs_cats"
-                     else build_cifar(raw_full, full["cifar_test"], a.workers))
-            print(f"  {built}", flush=True)
-            info[f"built_{ds}"] = built
-            for frac in sizes:
-                name = "full" if frac == sizes[0] else f"x{frac:g}"
-                name = "half" if frac == sizes[0] / 2 else name
-                counts = {k: max(1, int(v * frac / sizes[0])) for k, v in full.items()}
-                raw = raw_full if name == "full" else work / "raw" / f"{ds}-{name}"
-                if raw != raw_full:
-                    half_tree(raw_full, raw, ds, counts)
-                base = work / "out" / f"{ds}-{name}"
-                print(f"running the pipeline on {raw} ...", flush=True)
-                r = {"size": name, **pipeline(base, ds, raw, a.subset, a.timeout)}
-                if ds == "cifar10":
-                    r["real_test"] = cifar_accuracy(raw, base / "submissions" / "cifar10-full.csv")
-                results.append(r)
-                print(report([r]), flush=True)
-                shutil.rmtree(base / "processed", ignore_errors=True)  # keep the disk use down between runs
+            results += one_dataset(work, ds, full, sizes, a, info)
         info["disk_free_gb_min"] = round(shutil.disk_usage(work).free / 2**30, 1)
     finally:
         if not a.keep:
