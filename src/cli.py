@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Any, Callable
 
 from omegaconf import DictConfig
@@ -64,17 +65,33 @@ def run(stage: str, cfg: DictConfig, task: Callable[[DictConfig], Any] | None = 
     except UserError as e:
         multiprocess.report("failed", str(e))  # the other processes of a multi-process job stop too
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        multiprocess.exit_process(2)
     except KeyboardInterrupt as e:
         term = "SIGTERM" in e.args
         multiprocess.report("failed", f"interrupted{' (SIGTERM)' if term else ''}")
         print(f"interrupted{' (SIGTERM)' if term else ''}", file=sys.stderr)
-        sys.exit(143 if term else 130)
+        multiprocess.exit_process(143 if term else 130)
     except BaseException as e:
-        multiprocess.report("failed", (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300])
+        _failed_in_job(e)
         raise
     multiprocess.report("done")
     return result
+
+
+def _failed_in_job(e: BaseException) -> None:
+    """An unexpected error: the job's other processes are told; in a multi-process job this process then ends
+    here (one line for a peer that died under a collective, else the traceback), never waiting at JAX's exit."""
+    from . import multiprocess
+
+    lost = multiprocess.lost_peer(e)
+    multiprocess.report("failed", lost or (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300])
+    if lost:
+        print(f"error: {lost}", file=sys.stderr)
+    elif multiprocess.joined():
+        traceback.print_exc()
+    else:
+        return
+    multiprocess.exit_process(1)
 
 
 def precheck_overrides(argv: list[str]) -> None:

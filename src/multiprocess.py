@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from .errors import UserError
 
@@ -190,6 +190,11 @@ class Peers:
 
 
 _PEERS: list[Peers] = []
+_JOINED: list[Job] = []  # this process's job once it joined (kept after report(): the exit still needs it)
+# What a collective says when a process it was waiting on is gone (Gloo's TCP pairs on CPU, NCCL and the
+# coordination service on GPUs): found before the watchdog's timeout, it is the same failure.
+_PEER_LOST = ("Gloo", "Connection reset", "Connection refused", "Broken pipe", "NCCL", "DEADLINE_EXCEEDED",
+              "UNAVAILABLE:", "coordination service", "heartbeat")
 
 
 def watch(job: Job, folder: Path, timeout: float) -> Peers:
@@ -207,6 +212,7 @@ def watch(job: Job, folder: Path, timeout: float) -> Peers:
     peers = Peers(folder / name, job, timeout)
     peers.start()
     _PEERS.append(peers)
+    _JOINED.append(job)
     return peers
 
 
@@ -220,3 +226,31 @@ def on_abort(callback: Callable[[str], None] | None) -> None:
     """What to do before this process stops because a peer failed (e.g. end the MLflow run FAILED)."""
     for p in _PEERS:
         p.on_abort = callback
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The one line for an error raised by a collective whose other side died (None: not in a job, or another
+    error): one of the processes was killed or its host went down before the watchdog noticed."""
+    text = f"{type(e).__name__}: {e}"
+    if not _JOINED or not any(s in text for s in _PEER_LOST):
+        return None
+    job = _JOINED[-1]
+    said = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:200]
+    return (f"process {job.index} of {job.count}: a collective with the other processes failed ({said}): one of them "
+            "was killed or its host is down; rerun the same command on every host to resume from the last checkpoint")
+
+
+def exit_process(code: int) -> NoReturn:
+    """sys.exit, but in a job that joined without the interpreter's exit hooks: JAX's hook waits at a shutdown
+    barrier for every process, which after a failure may never come (up to train.peer_timeout + 60 s, then a C++
+    abort). The MLflow run is closed by then (training_run ends it as the error passes through)."""
+    if not _JOINED:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def joined() -> bool:
+    """This process joined a multi-process job."""
+    return bool(_JOINED)
