@@ -62,8 +62,9 @@ def check_sweep(uri: str, base: Path, launcher: str) -> list:
 def test_joblib_sweep_runs_two_jobs_at_once_on_one_sqlite_store(tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     t0 = time.monotonic()
+    # prepare.workers=2: a pool started inside a joblib (loky) worker (its start method must not be loky's)
     r = run_cli("src.train", "-m", "hydra/launcher=joblib", *TINY, *path_overrides(tmp_path), "train.lr=1e-3,3e-4",
-                f"hydra.sweep.dir={tmp_path}/multirun", timeout=600)
+                "prepare.workers=2", f"hydra.sweep.dir={tmp_path}/multirun", timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "ConfigStore schema" not in r.stderr  # the launcher files replace the plugins' defaults quietly
     children = check_sweep(uri, tmp_path, "joblib")
@@ -73,6 +74,7 @@ def test_joblib_sweep_runs_two_jobs_at_once_on_one_sqlite_store(tmp_path: Path):
     out = r.stdout + r.stderr
     # prepared once: the job that came second waited for the first's prepare (its lock), then found it up to date
     assert out.count("generating the demo dataset") == 1 and out.count("prepare: 38 train + 10 val") == 1, out
+    assert "2 workers" in out, out
     assert sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     print(f"joblib sweep: {time.monotonic() - t0:.0f}s")
 
