@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
