@@ -3,7 +3,8 @@ served by the server with --artifacts-destination), tracking.uri=http://127.0.0.
 two tiny jobs at once, its parent, evaluate and predict attaching their files, and a run interrupted then resumed all
 land there complete, every run FINISHED, the artifacts in the server's own folder. A server that is down, or that
 answers with an error: one line naming the URI, exit 2, and nothing started (no prepare, no model folder).
-~60 s on 2 cores (the server's start ~10 s, the sweep ~40 s); the rest a few seconds.
+~60 s on 2 quiet cores (the server's start ~10 s, the sweep ~40 s), 190 s measured at load 10 on the shared machine;
+the rest a few seconds.
 """
 from __future__ import annotations
 
