@@ -1,12 +1,12 @@
-"""Several processes as one training job (src/multiprocess.py, src/runtime.py): two processes on this machine join as
-one JAX distributed job (coordinator on 127.0.0.1, one CPU device each, KERAS_DISTRIBUTION_*), train a tiny model on
-the same global batches as one process does (the same losses within float tolerance), record ONE MLflow run and
-write the checkpoints and outputs once (process 0); one of them killed mid-run, the other stops by itself with one
-line (a collective that lost its peer, or the watchdog within train.peer_timeout), and the same two commands resume
-from the last checkpoint to the end, in the same MLflow run. TensorFlow's multi-worker mode is refused with its reason. Bad input, one line each: a
-KERAS_DISTRIBUTION_* set that does not add up, a coordinator port already taken, a peer that failed or went silent.
-an estimated 70-100 s on 2 quiet cores (the two-process job and its reference run, all at once), 360 s measured at load 6-12 on the
-shared machine; the rest under a second.
+"""Several processes as one training job (src/multiprocess.py, src/runtime.py): two processes on this machine join as one
+JAX distributed job (coordinator on 127.0.0.1, one CPU device each, KERAS_DISTRIBUTION_*), train a tiny model on the
+same global batches as one process does (the same losses within float tolerance), record ONE MLflow run and write the
+checkpoints and outputs once (process 0); one of them killed mid-run, the other stops by itself with one line (a
+collective that lost its peer, or the watchdog within train.peer_timeout), and the same two commands resume from the
+last checkpoint to the end, in the same MLflow run. TensorFlow's multi-worker mode is refused with its reason. Bad
+input, one line each: a KERAS_DISTRIBUTION_* set that does not add up, a coordinator port already taken, a peer that
+failed or went silent. an estimated 70-100 s on 2 quiet cores (the two-process job and its reference run, all at
+once), 360 s measured at load 6-12 on the shared machine; the rest under a second.
 """
 from __future__ import annotations
 
