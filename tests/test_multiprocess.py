@@ -77,6 +77,7 @@ def test_two_processes_train_as_one_job_and_resume_after_a_death(tmp_path: Path)
         for p in started:
             if p.poll() is None:
                 p.kill()
+                p.wait(timeout=30)
 
 
 def _job_killed_then_resumed(ref_base: Path, base: Path, started: list[subprocess.Popen]) -> None:
