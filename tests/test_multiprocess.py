@@ -6,7 +6,7 @@ collective that lost its peer, or the watchdog within train.peer_timeout), and t
 last checkpoint to the end, in the same MLflow run. TensorFlow's multi-worker mode is refused with its reason. Bad
 input, one line each: a KERAS_DISTRIBUTION_* set that does not add up, a coordinator port already taken, a peer that
 failed or went silent. An estimated 70-100 s on 2 quiet cores (the two-process job and its reference run, all at
-once), 360 s measured at load 6-12 on the shared machine; the rest under a second.
+once), 130 s measured at load 2-4 and 360 s at load 6-12 on the shared machine; the rest under a second.
 """
 from __future__ import annotations
 
