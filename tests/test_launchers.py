@@ -5,8 +5,8 @@ once for both (prepare's lock). The submitit_local path runs against a real trac
 tests/test_tracking_server.py. Bad input, each one line: an unknown launcher, a plugin that is not installed, a
 SLURM sweep on a SQLite file, a job process that dies (joblib, submitit), a job over joblib's timeout, a job's own
 error line. The parent's id reaches a job that did not inherit the sweep's environment through the sweep folder.
-~40 s on 2 quiet cores (the joblib sweep), 150-180 s measured at load 4-12 on the shared machine; the rest a few
-seconds.
+117 s measured at load 2-4 on the shared 2 cores (the joblib sweep 80 s, the dying jobs 35 s), 150-180 s at load
+4-12.
 """
 from __future__ import annotations
 
