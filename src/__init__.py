@@ -4,8 +4,12 @@ import importlib.util
 import os
 import sys
 import tempfile
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and WARNING lines stay out of the logs
+# conf/hydra/launcher/<plugin's name>.yaml set the launcher plugins' defaults in their place, every key given, which
+# Hydra 1.3 merges over the plugin's schema with a deprecation notice in every job's process: a notice, not a fault.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):

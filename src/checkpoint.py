@@ -86,10 +86,13 @@ def config_hash(cfg: DictConfig) -> str:
     return short_hash(keys)
 
 
-def start(cfg: DictConfig, lay: Layout) -> tuple[TrainingState, bool]:
-    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh."""
+def start(cfg: DictConfig, lay: Layout, writes: bool = True) -> tuple[TrainingState, bool]:
+    """The run's state: resumed from the checkpoint when there is one for these training keys, else fresh. Only
+    the process that writes (writes=True) clears an old checkpoint; the others of a multi-process job just read."""
     state = TrainingState(lay, config_hash(cfg))
     resumed = bool(cfg.train.resume) and state.load()
+    if not writes:
+        return state, resumed
     if not resumed and lay.checkpoint_dir.exists():
         shutil.rmtree(lay.checkpoint_dir)
     lay.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +126,9 @@ def _seed_states(model) -> list:
 
 
 def save_model_atomic(model, path: Path) -> None:
-    with atomic_path(path, suffix=".keras") as tmp:
+    from .runtime import outside_distribution
+
+    with atomic_path(path, suffix=".keras") as tmp, outside_distribution():
         model.save(tmp)
 
 
@@ -132,15 +137,17 @@ class EpochEnd(keras.callbacks.Callback):
 
     every: checkpoint every that many epochs (train.checkpoint_every); 0: none (speed runs, where writing two
     .keras files an epoch costs more than the epoch: the best weights stay in memory, a killed run starts over).
+    writes=False (the other processes of a multi-process job): the same decisions, from the same all-reduced
+    metrics, without writing anything.
     """
 
     # Its batch hook only reads a flag: Keras may run it off the training thread, so it never forces the step's
     # results to the host (a synchronous batch hook makes Keras turn every step's logs into Python numbers).
     async_safe = True
 
-    def __init__(self, state: TrainingState, patience: int, run: Any, every: int = 1):
+    def __init__(self, state: TrainingState, patience: int, run: Any, every: int = 1, writes: bool = True):
         super().__init__()
-        self.state, self.patience, self.run, self.every = state, patience, run, int(every)
+        self.state, self.patience, self.run, self.every, self.writes = state, patience, run, int(every), writes
         self.diverged: str | None = None
         self.best_weights: list | None = None
         self._t0 = time.perf_counter()
@@ -190,18 +197,19 @@ class EpochEnd(keras.callbacks.Callback):
     def _checkpoint(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
         st = self.state
         score = logs.get("val_log_loss")  # None in an epoch train.validation_freq skips: not a candidate
-        if score is None:
-            pass
-        elif score < st.best_score:
+        better = score is not None and score < st.best_score
+        if better:
             st.best_score, st.best_epoch, st.wait = score, epoch, 0
-            if self.every:
-                save_model_atomic(self.model, st.best)
-            else:
-                self.best_weights = self.model.get_weights()
-        else:
+        elif score is not None:
             st.wait += 1
         st.epoch = epoch + 1
         st.history.append({"epoch": epoch + 1, **logs, "epoch_seconds": round(seconds, 4)})
+        if not self.writes:
+            return
+        if better and self.every:
+            save_model_atomic(self.model, st.best)
+        elif better:
+            self.best_weights = self.model.get_weights()
         if self.every and st.epoch % self.every == 0:
             st.rng = [np.asarray(v.numpy()).tolist() for v in _seed_states(self.model)]
             save_model_atomic(self.model, st.last)

@@ -7,46 +7,92 @@ A pipeline stage runs through src/pipeline.py, which first brings the stages bef
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
+import traceback
 from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from . import interrupts
+from . import interrupts, launchers
 from .errors import UserError
 from .paths import CONF_DIR
+
+
+TRACKED = ("train", "evaluate", "predict", "blend")  # the stages that write to MLflow (before any of their work)
 
 
 def main(stage: str, task: Callable[[DictConfig], Any] | None = None) -> None:
     """Run `stage` (a pipeline stage, or any named command with its own task) on the command line's config."""
     import hydra
 
-    precheck_overrides(sys.argv[1:])
+    argv = sys.argv[1:]
+    precheck_overrides(argv)
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    if multirun:  # what a launcher or a Hydra callback raises reaches the handler below (not Hydra's report)
+        os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def hydra_task(cfg: DictConfig) -> Any:
         return run(stage, cfg, task)
 
-    hydra_task()
+    try:
+        hydra_task()
+    except UserError as e:  # from a Hydra callback in the sweep's own process (src/tracking.py, SweepParentRun)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        said = launchers.failure(e) if multirun else None
+        if said is None:
+            raise
+        print(f"error: {said[0]}", file=sys.stderr)
+        sys.exit(said[1])
 
 
 def run(stage: str, cfg: DictConfig, task: Callable[[DictConfig], Any] | None = None) -> Any:
     """One stage or command, with the entry's error handling (also what each job of a Hydra sweep runs)."""
-    from . import config, pipeline
+    from . import config, multiprocess, pipeline
 
     try:
         with interrupts.raising():
             cfg = config.resolve_member(cfg)
             config.check(cfg, stage)
-            return task(cfg) if task is not None else pipeline.run(cfg, stage)
+            if stage in TRACKED:
+                from . import tracking
+
+                tracking.check_server(cfg)  # a tracking server that is down: one line before any work
+            result = task(cfg) if task is not None else pipeline.run(cfg, stage)
     except UserError as e:
+        multiprocess.report("failed", str(e))  # the other processes of a multi-process job stop too
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        multiprocess.exit_process(2)
     except KeyboardInterrupt as e:
         term = "SIGTERM" in e.args
+        multiprocess.report("failed", f"interrupted{' (SIGTERM)' if term else ''}")
         print(f"interrupted{' (SIGTERM)' if term else ''}", file=sys.stderr)
-        sys.exit(143 if term else 130)
+        multiprocess.exit_process(143 if term else 130)
+    except BaseException as e:
+        _failed_in_job(e)
+        raise
+    multiprocess.report("done")
+    return result
+
+
+def _failed_in_job(e: BaseException) -> None:
+    """An unexpected error: the job's other processes are told; in a multi-process job this process then ends
+    here (one line for a peer that died under a collective, else the traceback), never waiting at JAX's exit."""
+    from . import multiprocess
+
+    lost = multiprocess.lost_peer(e)
+    multiprocess.report("failed", lost or (f"{type(e).__name__}: {e}".splitlines() or [""])[0][:300])
+    if lost:
+        print(f"error: {lost}", file=sys.stderr)
+    elif multiprocess.joined():
+        traceback.print_exc()
+    else:
+        return
+    multiprocess.exit_process(1)
 
 
 def precheck_overrides(argv: list[str]) -> None:
@@ -56,6 +102,11 @@ def precheck_overrides(argv: list[str]) -> None:
     Flags (-m/--multirun, --config-dir, --help, ...) are left to Hydra, which reports on them itself.
     """
     _refuse_fold_sweep(argv)
+    try:
+        launchers.check(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     if any(a.startswith("-") for a in argv):
         return
     from hydra.core.global_hydra import GlobalHydra

@@ -122,6 +122,7 @@ class Train(Section):
     steps_per_execution: PositiveInt
     jit_compile: Union[Literal["auto"], bool, None]
     distribute: Literal["none", "data_parallel"]
+    peer_timeout: Annotated[int, Field(ge=5, description="seconds; several processes only")]
     tta: bool
     subset: Annotated[Count, Field(description="0 = all")]
     fit_on_all: bool

@@ -25,21 +25,38 @@ from .manifests import Manifests
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _generator(npy: Path, indices: np.ndarray, labels: np.ndarray | None, chunk: int):
+def _generator(npy: Path, indices: np.ndarray, labels: np.ndarray | None, chunk: int, shard: tuple[int, int] | None):
     def gen():
         for s in range(0, len(indices), chunk):
-            x = _read_rows(npy, indices[s:s + chunk])
-            yield (x, labels[s:s + chunk]) if labels is not None else x
+            rows, y = indices[s:s + chunk], labels[s:s + chunk] if labels is not None else None
+            if shard is not None:
+                part, weight = shard_rows(len(rows), *shard)
+                yield _read_rows(npy, rows[part]), y[part], weight
+                continue
+            x = _read_rows(npy, rows)
+            yield (x, y) if y is not None else x
     return gen
 
 
-def _source(npy: Path, indices: np.ndarray, labels: np.ndarray | None, shape: tuple[int, ...], chunk: int) -> tf.data.Dataset:
+def shard_rows(n: int, index: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Process `index` of `count`'s part of a batch of n rows (positions, sample weights): equal parts, the last
+    padded with copies of the batch's last row weighted 0 when n does not divide (every process must feed as many
+    rows as the others)."""
+    k = -(-n // count)
+    pos = np.arange(index * k, (index + 1) * k)
+    return np.minimum(pos, n - 1), (pos < n).astype(np.float32)
+
+
+def _source(npy: Path, indices: np.ndarray, labels: np.ndarray | None, shape: tuple[int, ...], chunk: int,
+            shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     img_spec = tf.TensorSpec((None, *shape), tf.uint8)
     if labels is None:
         sig = img_spec
     else:
         sig = (img_spec, tf.TensorSpec((None, *labels.shape[1:]), tf.float32))
-    ds = tf.data.Dataset.from_generator(_generator(npy, indices, labels, chunk), output_signature=sig)
+        if shard is not None:
+            sig = (*sig, tf.TensorSpec((None,), tf.float32))
+    ds = tf.data.Dataset.from_generator(_generator(npy, indices, labels, chunk, shard), output_signature=sig)
     return ds.apply(tf.data.experimental.assert_cardinality(-(-len(indices) // chunk)))
 
 
@@ -157,7 +174,7 @@ def mix_batch(x: tf.Tensor, y: tf.Tensor, key: tf.Tensor, seed: int, mixup: floa
 
 def train_dataset(m: Manifests, batch_size: int, seed: int, df: pd.DataFrame | None = None,
                   drop_remainder: bool = False, first_epoch: int | None = None, mixup: float = 0.0,
-                  cutmix: float = 0.0) -> tf.data.Dataset:
+                  cutmix: float = 0.0, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """The training pipeline: shuffled (seeded, a new order every epoch), batched, prefetched.
 
     Its cache is train.npy itself, decoded once by prepare and memory-mapped with all its pages at once (map_rows:
@@ -169,18 +186,24 @@ def train_dataset(m: Manifests, batch_size: int, seed: int, df: pd.DataFrame | N
     endless stream of epochs k, k+1, ... (take steps_per_epoch(...) batches per epoch; no batch straddles two),
     epoch e in an order that depends on (seed, e) only, so a run resumed at epoch k sees exactly the batches an
     uninterrupted run would have. mixup/cutmix > 0 (Beta parameters; epoch streams only) mix each batch
-    (mix_batch).
+    (mix_batch). shard=(i, n): process i of a job of n (src/multiprocess.py) yields the i-th of n equal parts of
+    every batch (whole batches only, drop_remainder): the job's global batches are one process's batches.
     """
     if (mixup or cutmix) and first_epoch is None:
         raise ValueError("mixup/cutmix need an epoch stream (first_epoch=...): their draws are keyed by the step")
+    if shard is not None and (not drop_remainder or batch_size % shard[1]):
+        raise ValueError("a sharded training stream needs whole batches (drop_remainder) that split evenly")
     df = m.train if df is None else df
     bs, n = int(batch_size), len(df)
     y = encode_labels(df["label"].to_numpy(), m.num_classes)
     index = df["index"].to_numpy()
     images = map_rows(m.train_images)
     b = bs if drop_remainder else None
+    part = slice(None) if shard is None else slice(shard[0] * bs // shard[1], (shard[0] + 1) * bs // shard[1])
+    b = b if shard is None else bs // shard[1]
 
     def gather(i: np.ndarray):  # numpy releases the GIL while it copies, so parallel calls run in parallel
+        i = i[part]
         return images[index[i]], y[i]
 
     def batch(i):
@@ -210,21 +233,22 @@ def _mixed(ds: tf.data.Dataset, steps: int, first_epoch: int | None, seed: int, 
 
 
 def eval_dataset(m: Manifests, df: pd.DataFrame, batch_size: int, npy: Path, labelled: bool = True,
-                 flip: bool = False) -> tf.data.Dataset:
+                 flip: bool = False, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
     """Deterministic pipeline in manifest order, read in chunks (flat memory for any size); flip=True mirrors
-    every image."""
+    every image. shard=(i, n), labelled: process i's part of every batch, with sample weights (shard_rows)."""
     y = encode_labels(df["label"].to_numpy(), m.num_classes) if labelled else None
-    ds = _source(npy, df["index"].to_numpy(), y, m.image_shape, batch_size)
+    ds = _source(npy, df["index"].to_numpy(), y, m.image_shape, batch_size, shard if labelled else None)
     if flip:
         ds = ds.map(lambda *t: (tf.reverse(t[0], axis=[2]), *t[1:]) if len(t) > 1 else tf.reverse(t[0], axis=[2]),
                     num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
 
-def val_dataset(m: Manifests, batch_size: int, flip: bool = False, cache: bool = False) -> tf.data.Dataset:
-    """The validation images with their labels; cache=True keeps them in memory (validation after every epoch)."""
-    ds = eval_dataset(m, m.val, batch_size, m.train_images, labelled=True, flip=flip)
-    return ds.cache() if cache else ds
+def val_dataset(m: Manifests, batch_size: int, flip: bool = False,
+                shard: tuple[int, int] | None = None) -> tf.data.Dataset:
+    """The validation images with their labels, streamed from train.npy every time (never cached in memory: at
+    Kaggle size the validation fold alone is 5,000 x 150x150x3 = 337 MB; its rows come from the page cache)."""
+    return eval_dataset(m, m.val, batch_size, m.train_images, labelled=True, flip=flip, shard=shard)
 
 
 def test_dataset(m: Manifests, batch_size: int, flip: bool = False) -> tf.data.Dataset:

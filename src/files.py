@@ -64,6 +64,20 @@ def locked(folder: Path, busy: str) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing), waiting for whoever holds it: processes that would
+    make the same outputs at once (the jobs of a parallel sweep preparing one dataset) take turns. The operating
+    system drops the lock when its process ends, however it ends."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_text(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text)

@@ -147,6 +147,10 @@ def worker_pool(workers: int):
         return None
     threaded = threading.active_count() > 1 or any(m in sys.modules for m in ("tensorflow", "jax", "torch"))
     method = "fork" if sys.platform.startswith("linux") and not threaded else "spawn"
+    if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+        # A job of a joblib sweep runs in a loky worker, whose global start method is "loky": spawned workers are
+        # told to use it, cannot (plain multiprocessing does not know it), die, and the pool respawns them forever.
+        mp.set_start_method(method, force=True)
     return mp.get_context(method).Pool(processes=workers)
 
 

@@ -84,6 +84,7 @@ class Layout:
         self.preview = processed / "preview.png"
         self.image_files = processed / "images"
         self.prepare_state = processed / "state.json"  # machine-specific: .dvcignore keeps it out of DVC
+        self.prepare_lock = processed.parent / f".{processed.name}.prepare.lock"  # beside it: outside DVC's output
 
     def _trained(self, member_dir: Path, fold_dir: str | None) -> None:
         """train: models/<dataset>/<name>/ (a fold: models/<dataset>/<name>/fold-<i>/)."""

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import images, rawdata
 from .errors import UserError
-from .files import atomic_path, read_json, short_hash, write_json
+from .files import atomic_path, read_json, short_hash, waiting_lock, write_json
 from .paths import Layout, shown_path
 from .split import assign_folds
 
@@ -37,12 +37,18 @@ OUTPUTS = ("train_images", "test_images", "train_manifest", "test_manifest", "cl
 
 
 def run(cfg: DictConfig) -> Layout:
-    """Prepare the dataset; do nothing when its inputs and config are unchanged."""
+    """Prepare the dataset; do nothing when its inputs and config are unchanged. Processes that prepare the same
+    dataset at once (parallel sweep jobs) take turns: the later ones find it up to date."""
     lay = Layout(cfg)
-    rawdata.ensure_raw(cfg, lay)
-    if is_current(cfg):
-        print(f"prepare: {lay.processed} is up to date (inputs and config unchanged); nothing to do")
-        return lay
+    with waiting_lock(lay.prepare_lock):
+        rawdata.ensure_raw(cfg, lay)
+        if is_current(cfg):
+            print(f"prepare: {lay.processed} is up to date (inputs and config unchanged); nothing to do")
+            return lay
+        return _prepare(cfg, lay)
+
+
+def _prepare(cfg: DictConfig, lay: Layout) -> Layout:
     t0 = time.perf_counter()
     s = rawdata.scan(cfg, lay)
     lay.processed.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,8 @@
 train.precision=auto gives mixed_float16 where a GPU is visible (it pays there: float32 output layer and loss,
 Keras scales the loss) and float32 on a CPU (where it only slows things down). train.distribute=data_parallel
 splits each batch (train.batch_size is the global batch) over every visible device with the framework's own
-tools: MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX (several processes, one per host,
-join through keras.distribution.initialize and the KERAS_DISTRIBUTION_* variables).
+tools: MirroredStrategy on TensorFlow, keras.distribution.DataParallel on JAX (several processes, one per host or
+per GPU, join through the KERAS_DISTRIBUTION_* variables: src/multiprocess.py).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Iterator
 
 from omegaconf import DictConfig
 
+from . import multiprocess
 from .errors import UserError
 
 
@@ -56,11 +57,12 @@ def setup(cfg: DictConfig) -> dict[str, str]:
 
 
 def check_batch_fits_devices(cfg: DictConfig) -> None:
-    """train.batch_size is the global batch: it must split evenly over the data-parallel devices."""
-    if cfg.train.distribute != "data_parallel":
-        return
+    """train.batch_size is the global batch: it must split evenly over the data-parallel devices (of every process
+    of a multi-process job, which this joins: a KERAS_DISTRIBUTION_* set that does not add up stops here)."""
     _simulated_cpu_devices()
     _initialize_multiprocess(cfg)
+    if cfg.train.distribute != "data_parallel":
+        return
     replicas = len(data_parallel_devices(cfg)) or 1
     if int(cfg.train.batch_size) % replicas:
         raise UserError(f"train.batch_size={cfg.train.batch_size} does not divide over the {replicas} devices of "
@@ -91,21 +93,36 @@ def _simulated_cpu_devices() -> None:
 
 
 def _initialize_multiprocess(cfg: DictConfig) -> None:
-    """JAX multi-host/multi-process data parallelism: keras.distribution.initialize() joins this process to the
-    cluster when the launcher sets KERAS_DISTRIBUTION_JOB_ADDRESSES (the coordinator's host:port, or all of them,
-    comma-separated), KERAS_DISTRIBUTION_NUM_PROCESSES and KERAS_DISTRIBUTION_PROCESS_ID (one process per host,
-    same command everywhere). It must come before any computation. keras.distribution.list_devices() then lists
-    every process's devices and each process feeds its share of the global batch (train.batch_size)."""
+    """A multi-process job (KERAS_DISTRIBUTION_* set, src/multiprocess.py): check the variables, join this process
+    to the others (before any computation) and watch them. keras.distribution.list_devices() then lists every
+    process's devices; each process feeds its share of every global batch (train.batch_size)."""
     import keras
 
-    if cfg.train.distribute != "data_parallel" or keras.config.backend() != "jax":
+    job = multiprocess.job_from_env()
+    if job is None and not os.environ.get("TF_CONFIG"):
         return
-    if not any(k in os.environ for k in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")):
+    if cfg.train.distribute != "data_parallel":
+        if job is not None:
+            raise UserError(f"{', '.join(multiprocess.ENV)} set, but train.distribute=none: each process would train "
+                            "alone; set train.distribute=data_parallel on every process (or unset them)")
+        return
+    if keras.config.backend() != "jax":
+        multiprocess.refuse_tensorflow_multiworker()
         return
     import jax
 
-    if not jax.distributed.is_initialized():
-        keras.distribution.initialize()
+    if job is None or jax.distributed.is_initialized():
+        return
+    from .paths import Layout
+
+    multiprocess.join(job, int(cfg.train.peer_timeout))
+    multiprocess.watch(job, Layout(cfg).member_dir / ".processes", int(cfg.train.peer_timeout))
+
+
+def multiprocess_shard(cfg: DictConfig) -> tuple[int, int] | None:
+    """(this process, processes) when several processes train together: each feeds its part of every batch."""
+    n = multiprocess.count() if cfg.train.distribute == "data_parallel" else 1
+    return (multiprocess.index(), n) if n > 1 else None
 
 
 def data_parallel_devices(cfg: DictConfig) -> list[str]:
@@ -139,7 +156,10 @@ def distribution(cfg: DictConfig) -> Iterator[None]:
         yield
         return
     if keras.config.backend() == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=data_parallel_devices(cfg)))
+        # auto_shard_dataset=False: each process's tf.data pipeline already yields only its part of every global
+        # batch (src/data.py, shard=...): Keras' own sharding needs fixed batch sizes and rebatches on the fly.
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=data_parallel_devices(cfg),
+                                                                            auto_shard_dataset=False))
         try:
             yield
         finally:
@@ -149,6 +169,23 @@ def distribution(cfg: DictConfig) -> Iterator[None]:
 
     with tf.distribute.MirroredStrategy(devices=data_parallel_devices(cfg)).scope():
         yield
+
+
+@contextlib.contextmanager
+def outside_distribution() -> Iterator[None]:
+    """No distribution for the block (JAX): saving a model then reads its replicated variables locally, instead of
+    creating the saver's own variables across every process (a collective only the saving process would join)."""
+    import keras
+
+    if keras.config.backend() != "jax" or keras.distribution.distribution() is None:
+        yield
+        return
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
 
 
 def replicas_in_use(model) -> int:

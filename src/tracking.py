@@ -9,6 +9,13 @@ Store: `tracking.uri` if set, else $MLFLOW_TRACKING_URI, else sqlite:///<project
 under <project root>/mlruns, whatever the working directory (a relative sqlite path in tracking.uri is relative to
 the project root too). A submission CSV leads back to its run through its .json record or its sha256 tag
 (run_for_file).
+
+Several processes at once (a parallel sweep, folds on several hosts): a tracking server (tracking.uri=http://...)
+is checked once before a stage starts (unreachable or answering with an error: one line, nothing started); the
+default SQLite file is opened in WAL mode with a busy timeout, so jobs on one machine write to it at once, and a
+sweep whose jobs run on other hosts (SLURM) is refused unless it tracks to a server. A sweep's parent run id
+reaches its jobs through $KAGGLEPIPE_MLFLOW_PARENT_RUN and, for jobs started without this process's
+environment, a file in the sweep folder (SweepParentRun).
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +35,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
-from .files import file_sha256, read_json
+from .files import file_sha256, read_json, write_json
 from .paths import PROJECT_ROOT
 
 PARENT_ENV = "KAGGLEPIPE_MLFLOW_PARENT_RUN"  # set while a Hydra sweep runs: its parent run's id
@@ -75,8 +83,13 @@ def has_runs(cfg: DictConfig) -> bool:
 class Run:
     """An open MLflow run, or (tracking off) one that records nothing: stage code never checks which."""
 
-    def __init__(self, client: Any = None, run_id: str | None = None):
-        self.client, self.id = client, run_id
+    def __init__(self, client: Any = None, run_id: str | None = None, parent: str | None = None, name: str = ""):
+        self.client, self.id, self.parent, self.name = client, run_id, parent, name
+
+    def fail(self, error: str) -> None:
+        """End the run FAILED from outside its block (a multi-process job stopping because another process died)."""
+        if self.client is not None:
+            _close(self.client, self.id, self.parent, "FAILED", error, self.name)
 
     def log_params(self, params: dict[str, Any]) -> None:
         """Log the params the run does not hold yet (a resumed run must not log a key twice)."""
@@ -125,12 +138,13 @@ def training_run(cfg: DictConfig, name: str, resume_id: str | None = None,
     if resume_id:
         previous = _existing_run(client, resume_id, cfg)
         client.update_run(resume_id, status="RUNNING")
-        run = Run(client, resume_id)
+        run = Run(client, resume_id, parent, name)
         run.set_tags(tags or {})
     else:
         previous = None
         all_tags = {**_context_tags(), **(tags or {}), **({"mlflow.parentRunId": parent} if parent else {})}
-        run = Run(client, client.create_run(_experiment_id(client, cfg), run_name=name, tags=all_tags).info.run_id)
+        run = Run(client, client.create_run(_experiment_id(client, cfg), run_name=name, tags=all_tags).info.run_id,
+                  parent, name)
     try:
         yield run
     except KeyboardInterrupt as e:
@@ -142,6 +156,9 @@ def training_run(cfg: DictConfig, name: str, resume_id: str | None = None,
             raise
         error = f"exit {e.code}" if isinstance(e, SystemExit) else (f"{type(e).__name__}: {e}".splitlines() or [""])[0]
         _close(client, run.id, parent, "FAILED", error, name)
+        if _store_failed(e):
+            raise UserError(f"the MLflow store {tracking_uri(cfg)} failed during run {run.id} ({error[:200]}); what "
+                            "finished is checkpointed: rerun the same command once the store is back") from e
         raise
     if previous is not None and previous.data.tags.get("error"):
         # a resumed run that completes: its earlier interruption is history, not its state
@@ -161,13 +178,26 @@ def _context_tags() -> dict[str, str]:
 
 
 def _close(client: Any, run_id: str, parent: str | None, status: str, error: str, name: str) -> None:
-    with contextlib.suppress(Exception):  # closing must never hide the error that ended the run
+    """End a run that failed or was interrupted, and its sweep's parent with it (unless already ended by another
+    job). Closing must never hide the error that ended the run (nor fail on a store that is gone)."""
+    with contextlib.suppress(Exception):
         client.set_tag(run_id, "error", error[:5000])
-    client.set_terminated(run_id, status)
+    with contextlib.suppress(Exception):
+        client.set_terminated(run_id, status)
     if parent and parent not in _TOLERANT_PARENTS:  # a failed job fails its sweep: the parent must not stay RUNNING
         with contextlib.suppress(Exception):
-            client.set_terminated(parent, status)
-            client.set_tag(parent, "error", f"job {name}: {error}"[:5000])
+            if client.get_run(parent).info.status in ("RUNNING", "SCHEDULED"):
+                client.set_terminated(parent, status)
+                client.set_tag(parent, "error", f"job {name}: {error}"[:5000])
+
+
+def _store_failed(e: BaseException) -> bool:
+    """The store itself failed (a server gone, a database locked for too long), not the training."""
+    from mlflow.exceptions import MlflowException
+
+    import requests
+
+    return isinstance(e, (MlflowException, requests.exceptions.RequestException)) and not isinstance(e, UserError)
 
 
 @contextlib.contextmanager
@@ -372,6 +402,9 @@ def _client(cfg: DictConfig):
 
     _quiet_mlflow_logs()
     uri = tracking_uri(cfg)
+    check_server(cfg)
+    if _sqlite_file(uri) is not None:
+        _sqlite_for_concurrent_writers(_sqlite_file(uri))
     client = MlflowClient(uri)
     _open_store(client, uri, str(cfg.tracking.experiment))
     return client
@@ -410,6 +443,83 @@ def _quiet_mlflow_logs() -> None:
                  "mlflow.models.model"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars while logging a model
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+_REACHED: set[str] = set()
+
+
+def check_server(cfg: DictConfig) -> None:
+    """A tracking server (tracking.uri=http://...) answers an MLflow request, asked once per process, without
+    MLflow's retries (minutes of back-off): else one line naming the URI, before any work is started."""
+    uri = tracking_uri(cfg)
+    if not enabled(cfg) or not is_server(uri) or uri in _REACHED:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    import requests
+
+    fix = "start it (README: 'A shared tracking server'), point tracking.uri at a running one, or tracking.enabled=false"
+    try:
+        r = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/get-by-name", "GET", max_retries=0,
+                         timeout=10, raise_on_status=False, params={"experiment_name": str(cfg.tracking.experiment)})
+    except (requests.exceptions.RequestException, MlflowException) as e:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({_unreachable_reason(e)}); {fix}") from None
+    if r.status_code >= 400 and not (r.status_code == 404 and "RESOURCE_DOES_NOT_EXIST" in r.text):
+        said = (r.text.strip().splitlines() or [""])[0][:150]
+        raise UserError(f"MLflow tracking server {uri} answered HTTP {r.status_code}"
+                        f"{f' ({said})' if said else ''}; is it an MLflow server, and is its backend store healthy? "
+                        f"{fix}")
+    _REACHED.add(uri)
+
+
+def _unreachable_reason(e: BaseException) -> str:
+    """'connection error', 'connect timeout', ...: from the requests exception under MLflow's wrapper (MLflow 3
+    re-raises every transport error as an MlflowException, the original as its cause or context)."""
+    import requests
+
+    cause = e
+    while not isinstance(cause, requests.exceptions.RequestException) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, requests.exceptions.RequestException):
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:150]
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", type(cause).__name__).lower()
+
+
+_SQLITE_BUSY_MS = 60_000
+_SQLITE_STORES: set[str] = set()  # the store files whose connections get _sqlite_pragmas
+
+
+def _sqlite_for_concurrent_writers(db: Path) -> None:
+    """Every connection MLflow (SQLAlchemy) opens to this store file in this process gets _sqlite_pragmas."""
+    import sqlalchemy
+
+    _SQLITE_STORES.add(str(db.resolve()))
+    if not sqlalchemy.event.contains(sqlalchemy.engine.Engine, "connect", _sqlite_pragmas):
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", _sqlite_pragmas)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+    """WAL journal (readers never block the writer) and a busy timeout (a writer waits up to 60 s for another's
+    transaction instead of failing at once): the jobs of a parallel sweep on one machine share the default
+    mlflow.db. On a filesystem shared between hosts SQLite's locks are not to be trusted: use a server there."""
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cur = dbapi_connection.cursor()
+        main = next((row[2] for row in cur.execute("PRAGMA database_list") if row[1] == "main"), "")
+        if main and str(Path(main).resolve()) not in _SQLITE_STORES:
+            cur.close()
+            return
+        cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+        with contextlib.suppress(sqlite3.OperationalError):  # another process holds the database right now
+            cur.execute("PRAGMA journal_mode = WAL")
+        cur.close()
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -509,14 +619,22 @@ def _children(client: Any, parent: str) -> list[Any]:
     return client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10000) if ids else []
 
 
-def _close_parent(uri: str, parent: str, aborted: bool) -> None:
-    """End a sweep's parent run from its children: FINISHED only if the sweep ran to its end and all of them did."""
+def _close_parent(uri: str, parent: str, aborted: bool, local: bool = True) -> None:
+    """End a sweep's parent run from its children: FINISHED only if the sweep ran to its end and all of them did.
+    A sweep stopped early by a local launcher took its running jobs with it: their runs end KILLED (a SLURM job
+    outlives the sweep's process and ends its run itself)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
+    children = _children(client, parent)
+    if aborted and local:
+        for c in children:
+            if c.info.status in ("RUNNING", "SCHEDULED"):
+                client.set_tag(c.info.run_id, "error", "its sweep stopped before this job finished (another job failed)")
+                client.set_terminated(c.info.run_id, "KILLED")
+        children = _children(client, parent)
     if client.get_run(parent).info.status not in ("RUNNING", "SCHEDULED") and aborted:
         return  # already closed (a failed or interrupted job closes it at once)
-    children = _children(client, parent)
     bad = [c for c in children if c.info.status != "FINISHED"]
     client.set_tag(parent, "sweep.jobs", str(len(children)))
     if not (aborted or bad):
@@ -527,34 +645,65 @@ def _close_parent(uri: str, parent: str, aborted: bool) -> None:
     client.set_terminated(parent, status="KILLED" if any(c.info.status == "KILLED" for c in bad) else "FAILED")
 
 
-def _close_parent_at_exit(uri: str, parent: str) -> None:
+def _close_parent_at_exit(uri: str, parent: str, local: bool) -> None:
     """The process ends with the sweep's parent still open: a job's SystemExit/exception skipped on_multirun_end."""
     if os.environ.get(PARENT_ENV) != parent:
         return  # on_multirun_end closed it
     try:
-        _close_parent(uri, parent, aborted=True)
+        _close_parent(uri, parent, aborted=True, local=local)
     except Exception as e:  # pragma: no cover - nothing left to report to but stderr
         print(f"tracking: warning: could not close the sweep's MLflow run {parent}: {e}")
 
 
-class SweepParentRun(Callback):  # type: ignore[misc]
-    """Hydra callback: `-m` sweeps get one MLflow parent run; every job's run is its child.
+def _parent_file(config: DictConfig) -> Path:
+    """Where a sweep leaves its parent run's id for jobs that do not inherit this process's environment (a SLURM
+    site that starts jobs with a clean one): the sweep folder, which every job sees (its outputs go there)."""
+    return Path(str(config.hydra.runtime.cwd)) / str(config.hydra.sweep.dir) / ".mlflow_parent_run.json"
 
-    The parent ends FINISHED when every job's run did; FAILED (or KILLED) as soon as one job fails (or is
-    interrupted), and also when the sweep stops early without reaching on_multirun_end (checked at exit).
+
+def _runs_elsewhere(config: DictConfig) -> bool:
+    """The sweep's launcher starts jobs on other hosts (SLURM), not as this machine's processes."""
+    return "Slurm" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+
+
+class SweepParentRun(Callback):  # type: ignore[misc]
+    """Hydra callback: `-m` sweeps get one MLflow parent run; every job's run is its child, whichever launcher runs
+    the jobs (basic: in this process; joblib, submitit_local: processes here; submitit_slurm: other hosts).
+
+    on_multirun_start runs in the sweep's own process and creates the parent; on_job_start runs in each job's
+    process (the launcher's worker) and makes the parent known there. The parent ends FINISHED when every job's run
+    did; FAILED (or KILLED) as soon as one job fails (or is interrupted), and also when the sweep stops early
+    without reaching on_multirun_end (checked at exit).
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not enabled(config):
             return
+        uri = tracking_uri(config)
+        if _runs_elsewhere(config) and not is_server(uri):
+            raise UserError(f"a sweep on other hosts (hydra/launcher=submitit_slurm) cannot share the MLflow store "
+                            f"{uri}: jobs on several hosts cannot lock one file safely; start a tracking server and "
+                            "set tracking.uri=http://<host>:<port> (README: 'A shared tracking server')")
         client = _client(config)
         # Created, not started: it stays RUNNING while the jobs attach to it as children; on_multirun_end closes it.
         r = client.create_run(_experiment_id(client, config), run_name=f"sweep-{config.name}",
                               tags={"sweep": "parent", "hydra.overrides": " ".join(config.hydra.overrides.task),
                                     "dataset": str(config.dataset.name), "model": str(config.model.name),
+                                    "sweep.launcher": str(config.hydra.runtime.choices.get("hydra/launcher")),
                                     **git_info()})
         os.environ[PARENT_ENV] = r.info.run_id
-        atexit.register(_close_parent_at_exit, tracking_uri(config), r.info.run_id)
+        write_json(_parent_file(config), {"run_id": r.info.run_id, "tracking_uri": uri})
+        atexit.register(_close_parent_at_exit, uri, r.info.run_id, not _runs_elsewhere(config))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In the job's process: the parent's id from the environment, else from the sweep folder."""
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN or not enabled(config) or os.environ.get(PARENT_ENV):
+            return
+        if not _parent_file(config).is_file():
+            return
+        os.environ[PARENT_ENV] = read_json(_parent_file(config))["run_id"]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent = os.environ.get(PARENT_ENV)

@@ -11,6 +11,7 @@ src/optimizer.py.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, features, finetune, inference, interrupts, manifests, oof, plots, progress, runtime, tracking
+from . import checkpoint, features, finetune, inference, interrupts, manifests, multiprocess, oof, plots, progress, runtime, tracking
 from .errors import UserError
 from .files import read_json, write_json, write_text
 from .manifests import Manifests
@@ -68,26 +69,35 @@ def trained(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train one model (one fold of a cross-validated member); return its summary (run.json)."""
+    """Train one model (one fold of a cross-validated member); return its summary (run.json). In a multi-process
+    job (src/multiprocess.py) every process trains and only process 0 writes (lock, MLflow, checkpoints, outputs)."""
     lay = Layout(cfg)
-    if lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member as cross-validated
+    rt = runtime.setup(cfg)
+    chief = multiprocess.is_chief()
+    if chief and lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member
         write_json(lay.member_record, {"run_id": None, "folds": int(lay.folds)})
-    with checkpoint.exclusive(lay):
+    with checkpoint.exclusive(lay) if chief else contextlib.nullcontext():
         m = manifests.for_run(cfg, lay)
         rows = training_rows(cfg, m)
-        rt = runtime.setup(cfg)
-        state, resumed = checkpoint.start(cfg, lay)
+        state, resumed = checkpoint.start(cfg, lay, writes=chief)
         tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "hydra.overrides": tracking.hydra_overrides(),
                 "dataset.fingerprint": m.fingerprint(), "resumed": str(resumed).lower(), **tracking.git_info(), **rt,
                 **({"member": lay.name, "cv.folds": str(lay.folds), "cv.fold": str(lay.fold)} if lay.folds else {})}
         run_name = f"{lay.name}-fold{lay.fold}" if lay.folds else lay.name
-        with tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) as run_:
+        opened = (tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) if chief
+                  else contextlib.nullcontext(tracking.Run()))
+        with opened as run_:
+            multiprocess.on_abort(run_.fail)
             state.run_id = run_.id
-            _record_config(cfg, lay, run_)
+            if chief:
+                _record_config(cfg, lay, run_)
             print(f"train: {cfg.model.name} on {lay.dataset}: {len(rows)} train / {len(m.val)} val images, "
                   f"{rt['runtime.precision']} on {rt['runtime.device']} ({rt['runtime.backend']})"
                   + (f"; resuming after epoch {state.epoch}" if resumed else ""))
-            fit_seconds, callback = _fit(cfg, m, rows, state, run_, rt["runtime.precision"], callbacks)
+            fit_seconds, callback = _fit(cfg, m, rows, state, run_, rt["runtime.precision"], callbacks, chief)
+            if not chief:
+                print(f"train: process {multiprocess.index()} of {multiprocess.count()} done; process 0 writes the outputs")
+                return {"process": multiprocess.index(), "epochs_run": state.epoch, "best_epoch": state.best_epoch + 1}
             summary = _publish(cfg, lay, state, rt, fit_seconds, callback)
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
@@ -137,15 +147,18 @@ def _model(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.
 
 
 def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState,
-         run_: tracking.Run, precision: str, callbacks: Sequence[Any] = ()) -> tuple[float, checkpoint.EpochEnd]:
+         run_: tracking.Run, precision: str, callbacks: Sequence[Any] = (),
+         writes: bool = True) -> tuple[float, checkpoint.EpochEnd]:
     """Fit from the state's epoch to train.epochs (early stopping, checkpoints; with train.finetune phase 1 then
     phase 2); the seconds it took, and the epoch-end callback that holds the best epoch. `callbacks` are the
-    caller's extra Keras callbacks (a search trial's pruning). The frozen-feature mode fits its head instead
-    (src/features.py)."""
+    caller's extra Keras callbacks (a search trial's pruning); writes=False in the other processes of a
+    multi-process job. The frozen-feature mode fits its head instead (src/features.py)."""
     from .data import steps_per_epoch
 
-    steps = max(1, steps_per_epoch(len(rows), int(cfg.train.batch_size)))
-    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_, int(cfg.train.checkpoint_every))
+    shard = runtime.multiprocess_shard(cfg)  # several processes: each feeds its part of every global batch
+    steps = max(1, steps_per_epoch(len(rows), int(cfg.train.batch_size), drop_remainder=shard is not None))
+    callback = checkpoint.EpochEnd(state, int(cfg.train.early_stopping_patience), run_,
+                                   int(cfg.train.checkpoint_every), writes)
     if features.is_features(cfg):
         return features.fit(cfg, m, rows, state, run_), callback
     t0 = time.perf_counter()
@@ -160,39 +173,41 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
 
                 compile_model(model, cfg, m.num_classes, steps, finetune.begin_phase_2(model, cfg, state, steps))
             done = state.epoch
-            _fit_phase(cfg, m, rows, state, model, every, steps)
+            _fit_phase(cfg, m, rows, state, model, every, steps, shard)
             if state.epoch == done and not finetune.phase_over(cfg, state):
                 break  # nothing trained and no phase to move on to (stopped from outside)
-    _check_outcome(cfg, state, callback, precision)
+    _check_outcome(cfg, state, callback, precision, writes)
     return time.perf_counter() - t0, callback
 
 
 def _fit_phase(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.TrainingState, model,
-               callbacks: list[Any], steps: int) -> None:
-    """model.fit from the state's epoch to the end of its phase (train.epochs for a one-phase run)."""
+               callbacks: list[Any], steps: int, shard) -> None:
+    """model.fit from the state's epoch to the end of its phase (train.epochs for a one-phase run); `shard`: this
+    process's part of every global batch (whole batches only), or None."""
     from .data import train_dataset, val_dataset
 
     bs = int(cfg.train.batch_size)
     end = finetune.phase_end(cfg, state) if state.phase else int(cfg.train.epochs)
     # Epoch e's batches depend on (seed, e) only and the generators' states come back with the
     # checkpoint, so a resumed run trains on what an uninterrupted one would have.
-    train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch,
-                             mixup=float(cfg.augment.mixup), cutmix=float(cfg.augment.cutmix))
+    train_ds = train_dataset(m, bs, int(cfg.seed), df=rows, first_epoch=state.epoch, shard=shard,
+                             drop_remainder=shard is not None, mixup=float(cfg.augment.mixup),
+                             cutmix=float(cfg.augment.cutmix))
     with interrupts.deferred():  # Ctrl-C/SIGTERM stop fit at a batch end; raised once it returns
-        model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), cache=True),
+        model.fit(train_ds, validation_data=val_dataset(m, max(bs, 64), shard=shard),
                   validation_freq=int(cfg.train.validation_freq),
                   epochs=end, initial_epoch=state.epoch, steps_per_epoch=steps,
                   callbacks=callbacks, shuffle=False, verbose=progress.fit_verbosity())
 
 
 def _check_outcome(cfg: DictConfig, state: checkpoint.TrainingState, callback: checkpoint.EpochEnd,
-                   precision: str) -> None:
+                   precision: str, writes: bool = True) -> None:
     if callback.diverged:
         kept = (f"the best checkpoint so far (epoch {state.best_epoch + 1}) is kept in {state.best}"
                 if state.best.is_file() else "there is no checkpoint of an earlier epoch")
         hint = "" if precision == "float32" else " or use train.precision=float32"
         raise UserError(f"training diverged: {callback.diverged}; {kept}; lower train.lr (now {cfg.train.lr}){hint}")
-    if not callback.has_best():
+    if writes and not callback.has_best():
         raise UserError(f"training produced no checkpoint in {state.dir}; check the logs above")
 
 

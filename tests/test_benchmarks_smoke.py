@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT
 
-SCRIPTS = ["input_pipeline.py", "prepare.py", "predict.py", "gpu_train.py", "time_to_accuracy.py", "backbones.py"]
+SCRIPTS = ["input_pipeline.py", "prepare.py", "predict.py", "gpu_train.py", "time_to_accuracy.py", "backbones.py",
+           "full_size.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

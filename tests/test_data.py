@@ -138,9 +138,9 @@ def test_validation_and_test_keep_manifest_order(binary):
     np.testing.assert_array_equal(y[:, 0], m.val["label"].to_numpy())
     x2, _ = _epoch(val_dataset(m, batch_size=3))
     np.testing.assert_array_equal(x, x2)
-    cached = val_dataset(m, batch_size=3, cache=True)  # what training validates on after every epoch
+    again = val_dataset(m, batch_size=3)  # what training validates on after every epoch: the same each time
     for _ in range(2):
-        xc, yc = _epoch(cached)
+        xc, yc = _epoch(again)
         np.testing.assert_array_equal(xc, x)
         np.testing.assert_array_equal(yc, y)
     batches = [b.numpy() for b in make_test_dataset(m, batch_size=5)]
