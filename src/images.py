@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -151,7 +152,15 @@ def worker_pool(workers: int):
         # A job of a joblib sweep runs in a loky worker, whose global start method is "loky": spawned workers are
         # told to use it, cannot (plain multiprocessing does not know it), die, and the pool respawns them forever.
         mp.set_start_method(method, force=True)
-    return mp.get_context(method).Pool(processes=workers)
+    return mp.get_context(method).Pool(processes=workers, initializer=_worker_signals)
+
+
+def _worker_signals() -> None:
+    """In a pool worker: die quietly when the pool ends it (SIGTERM, Pool.terminate) and leave Ctrl-C to the
+    parent, which stops the pool; the parent's handlers (src/interrupts.py), inherited through fork, would print
+    a traceback from every idle worker."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _reserve(path: Path) -> None:
