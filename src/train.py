@@ -172,10 +172,9 @@ def _fit(cfg: DictConfig, m: Manifests, rows: pd.DataFrame, state: checkpoint.Tr
                 from .optimizer import compile_model
 
                 compile_model(model, cfg, m.num_classes, steps, finetune.begin_phase_2(model, cfg, state, steps))
-            done = state.epoch
             _fit_phase(cfg, m, rows, state, model, every, steps, shard)
-            if state.epoch == done and not finetune.phase_over(cfg, state):
-                break  # nothing trained and no phase to move on to (stopped from outside)
+            if not finetune.phase_over(cfg, state):
+                break  # only the end of phase 1 goes round again; otherwise fit ended the run (or was stopped)
     _check_outcome(cfg, state, callback, precision, writes)
     return time.perf_counter() - t0, callback
 

@@ -28,8 +28,10 @@ def _ov(base: Path) -> list[str]:
 
 
 def _outputs(base: Path) -> list[Path]:
-    """Every file a command left under base, besides Hydra's own run folder (and the raw data given to it)."""
-    return [p for p in base.rglob("*") if p.is_file() and not {"hydra", "raw"} & set(p.relative_to(base).parts)]
+    """Every file a command left under base, besides Hydra's own run folder, the raw data given to it and the
+    empty lock file that lets parallel jobs take turns at preparing (processed/.<dataset>.prepare.lock)."""
+    return [p for p in base.rglob("*") if p.is_file() and not {"hydra", "raw"} & set(p.relative_to(base).parts)
+            and not p.name.endswith(".prepare.lock")]
 
 
 def _model_name(path: Path) -> str:
@@ -160,7 +162,7 @@ def test_empty_test_folder(tmp_path: Path):
         p.unlink()
     r = run_cli("src.prepare", *_ov(tmp_path), "dataset=dogs_vs_cats", "prepare.workers=1")
     _one_error_line(r, str(raw / "test"), "no test images")
-    assert not (tmp_path / "processed").exists()
+    assert _outputs(tmp_path) == []
 
 
 def test_bad_ids_through_the_cli(tmp_path: Path):
@@ -169,7 +171,7 @@ def test_bad_ids_through_the_cli(tmp_path: Path):
     (raw / "test" / "2.jpg").unlink()
     r = run_cli("src.prepare", *_ov(tmp_path), "dataset=dogs_vs_cats", f"dataset.raw_dir={raw}", "prepare.workers=1")
     _one_error_line(r, "disagrees with sample_submission.csv", "(e.g. 2)")
-    assert not (tmp_path / "processed").exists()
+    assert _outputs(tmp_path) == []
 
 
 # ------------------------------------------------------------------ interrupted: 130 and 143
