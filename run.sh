@@ -20,7 +20,9 @@ case "$cmd" in
     for stage in prepare train evaluate predict; do
       .venv/bin/python -m "src.$stage" dataset=demo "$@"
     done ;;
-  test) exec .venv/bin/python -m pytest "$@" ;;
+  # two test files at a time (pytest-xdist; one file's tests stay in order in one worker): the suite is mostly
+  # single-threaded subprocess work, so this halves it on CI's 2 cores. KAGGLEPIPE_TEST_WORKERS=0: one process.
+  test) exec .venv/bin/python -m pytest -n "${KAGGLEPIPE_TEST_WORKERS:-2}" --dist loadfile "$@" ;;
   setup) ;;
   *) echo "usage: ./run.sh demo|test|setup [args...]" >&2; exit 2 ;;
 esac
