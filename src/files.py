@@ -48,31 +48,29 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
         raise
 
 
-@contextlib.contextmanager
-def locked(folder: Path, busy: str) -> Iterator[None]:
+def locked(folder: Path, busy: str) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on a folder (made if missing) while the block runs; held elsewhere: UserError(busy). The
     operating system drops it when the process ends, however it ends, so a killed run can be rerun at once."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(busy) from None
-        yield
-    finally:
-        os.close(fd)
+    return _flock(os.open(folder, os.O_RDONLY), busy)
 
 
-@contextlib.contextmanager
-def waiting_lock(path: str | os.PathLike) -> Iterator[None]:
+def waiting_lock(path: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
     """Hold an exclusive lock on `path` (created if missing), waiting for whoever holds it: processes that would
     make the same outputs at once (the jobs of a parallel sweep preparing one dataset) take turns. The operating
     system drops the lock when its process ends, however it ends."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    return _flock(os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK), None)
+
+
+@contextlib.contextmanager
+def _flock(fd: int, busy: str | None) -> Iterator[None]:
+    """flock(fd) for the block, then close it; busy: fail at once with UserError(busy), None: wait."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise UserError(busy) from None
         yield
     finally:
         os.close(fd)

@@ -7,7 +7,7 @@ One column per class (for two classes p_<classes[1]> is the model's sigmoid, p_<
 model's own probabilities: no temperature, no clip (src/submission.py finalizes them). Beside each CSV a .json
 says what made it: the MLflow run, the model file and its sha256, TTA, the classes, and the CSV's own sha256.
 Train writes both at its end; evaluate and predict read them, and remake them from the model only when they are
-missing or were made by another model or another train.tta. How a model predicts a split is its predictor: the
+missing or were made by another model or another train.tta. How a model predicts a split is its runner: the
 Keras model on the images, or for the frozen-feature mode its head on the cached embeddings (src/features.py).
 """
 from __future__ import annotations

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, features, finetune, inference, interrupts, manifests, multiprocess, oof, plots, progress, runtime, tracking
+from . import (checkpoint, features, finetune, inference, interrupts, manifests, multiprocess, oof, plots, progress,
+               runtime, tracking)
 from .errors import UserError
 from .files import read_json, write_json, write_text
 from .manifests import Manifests
