@@ -219,8 +219,9 @@ def child_raw(variant: str, raw: Path, work: Path) -> dict:
     folder = bu.link_kaggle_tree(raw, work / f"raw-{variant}", None, None if variant == "raw_epoch1_all" else 1)
     processed = work / f"processed-{variant}"
     shutil.rmtree(processed, ignore_errors=True)
+    cfg = _cfg(folder, processed)  # Hydra's composition is the command line's work, not prepare's (like the imports)
     t0, c0 = time.perf_counter(), bu.cpu_seconds()
-    lay = prepare.run(_cfg(folder, processed))
+    lay = prepare.run(cfg)
     prep_s, prep_cpu = time.perf_counter() - t0, bu.cpu_seconds() - c0
     prepared = len(pd.read_csv(lay.train_manifest)) + len(pd.read_csv(lay.test_manifest))
     _start_tensorflow()
@@ -247,10 +248,8 @@ def child_decode(variant: str, raw: Path) -> dict:
 
     files = sorted((raw / "train").glob("*.jpg"))
     datas = [f.read_bytes() for f in files]  # reading is not decoding; prepare's reads are in its own figure
-    flags = []
-    for f in files:  # the DCT scale from each header, as prepare chooses it (untimed)
-        with Image.open(f) as im:
-            flags.append(images.REDUCED_READ[images.dct_scale(*im.size, SIZE)])
+    # imdecode's flag from each header (DCT scale; orientation only with EXIF), as prepare chooses it (untimed)
+    flags = [images.reduced_read_flag(w, h, exif, SIZE) for w, h, _, exif in map(images.jpeg_header, datas)]
     t0, c0 = time.perf_counter(), time.process_time()
     if variant == "decode_only":
         for data, flag in zip(datas, flags):

@@ -144,7 +144,7 @@ def _write_manifests(cfg: DictConfig, lay: Layout, s: rawdata.Scan, train: pd.Da
     raw data gives byte-identical outputs, so DVC's hash of the folder changes only when its content does (a
     re-prepare of unchanged data does not rerun training)."""
     for df in (train, test):
-        df["path"] = [os.path.relpath(p, lay.raw) for p in df["path"]]
+        df["path"] = [p.relative_to(lay.raw).as_posix() for p in df["path"]]  # train/cat.1.jpg: raw_train is raw/train
     with atomic_path(lay.train_manifest) as tmp:
         train[["id", "path", "label", "class", "fold", "index"]].to_csv(tmp, index=False)
     with atomic_path(lay.test_manifest) as tmp:

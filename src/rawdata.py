@@ -100,10 +100,11 @@ def scan(cfg: DictConfig, lay: Layout) -> Scan:
 def _image_files(folder: Path, exts: list[str]) -> tuple[list[Path], list[dict]]:
     files, skipped = [], []
     exts = {"." + e.lower().lstrip(".") for e in exts}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith("."):
-            continue
-        if p.is_file() and p.suffix.lower() in exts:
+    with os.scandir(folder) as it:  # directory entries carry their type: no stat per file (25,000 in Kaggle's train/)
+        entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    for e in entries:
+        p = folder / e.name
+        if e.is_file() and p.suffix.lower() in exts:
             files.append(p)
         else:
             skipped.append({"path": str(p), "reason": f"not an image file of the expected types ({', '.join(sorted(exts))})"})

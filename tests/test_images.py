@@ -196,9 +196,57 @@ def test_fast_jpeg_path_matches_pillows_decode_for_every_exif_orientation(tmp_pa
     Image.fromarray(a).save(path, "JPEG", exif=exif.tobytes(), quality=95)
     with Image.open(path) as im:
         assert images.dct_scale(*im.size, 40) == 4                   # 200 >= 4 * 40: decoded at a quarter
-        fast = images._fast_jpeg(im, str(path), 40)
+        fast = images._fast_jpeg(str(path), 40)
         reference = np.asarray(ImageOps.exif_transpose(im).convert("RGB").resize((40, 40), Image.Resampling.BOX))
     assert fast is not None and fast.shape == (40, 40, 3) and fast.dtype == np.uint8
     np.testing.assert_array_equal(load_image(str(path), 40), fast)  # what prepare stores
     assert np.abs(fast.astype(int) - reference).mean() < 6          # same picture, same way up
     assert np.abs(fast.astype(int) - np.rot90(reference, 2)).mean() > 40  # (a half turn would be far off)
+
+
+def _jpeg_bytes(mode: str, **save) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8)  # 53 wide, 37 high: sides not swapped
+    Image.fromarray(pixels).convert(mode).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode,save", [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}), ("CMYK", {}),
+                                       ("RGB", {"exif": Image.Exif().tobytes()}),
+                                       ("RGB", {"icc_profile": b"\0" * 70000})])  # a segment longer than 64 KiB split
+def test_jpeg_header_reads_what_pillow_reads(mode: str, save: dict):
+    """The fast path's header check agrees with Pillow on size, colour components and EXIF, so it takes the files
+    Pillow would call colour JPEGs and leaves the rest (grayscale, CMYK) to Pillow."""
+    import io
+
+    from src import images
+
+    data = _jpeg_bytes(mode, **save)
+    with Image.open(io.BytesIO(data)) as im:
+        expected = (*im.size, len(im.getbands()), "exif" in im.info)
+    assert images.jpeg_header(data) == expected
+    assert images.jpeg_header(data[:20]) is None               # ends before the frame header
+    assert images.jpeg_header(b"\x89PNG\r\n\x1a\n" + data[8:]) is None
+
+
+def test_fast_path_takes_real_photos_and_decodes_them_as_with_orientation(tmp_path: Path):
+    """On the shared Kaggle photos (no EXIF): the header matches Pillow's, and skipping OpenCV's orientation step
+    (nothing to turn) gives the same bytes as the orientation-aware decode."""
+    import cv2
+
+    from conftest import SHARED_DATA
+    from src import images
+
+    photos = sorted((SHARED_DATA / "dogs_vs_cats" / "train").glob("*.jpg"))[::50]
+    if not photos:
+        pytest.skip("real data not available: ../shared/data/dogs_vs_cats is absent")
+    for p in photos:
+        data = p.read_bytes()
+        with Image.open(p) as im:
+            assert images.jpeg_header(data) == (*im.size, 3, False), p.name
+            aware = cv2.imdecode(np.frombuffer(data, np.uint8), images.REDUCED_READ[images.dct_scale(*im.size, 150)])
+        h, w = aware.shape[:2]
+        aware = cv2.resize(aware, (150, 150), interpolation=cv2.INTER_LINEAR if max(w, h) < 300 else cv2.INTER_AREA)
+        np.testing.assert_array_equal(load_image(str(p), 150), aware, err_msg=p.name)
