@@ -21,13 +21,15 @@ every variant reads the same 2,002 training photos, 150x150x3, batches of 64 wit
                   `python -m src.train` does), for reference
   decode_only     the bare decode of the same 2,002 JPEGs, one process: OpenCV's reduced-size decode at the DCT
                   scale prepare uses (src/images.py), no resize, no write: the limit for prepare per CPU-second
+  decode_all_cores  the same decode split over one forked process per core, as prepare splits its work: the
+                  limit for prepare's wall clock (and per CPU-second when the cores are busy together)
   decode_only_pillow  the same with Pillow's draft-mode decode (what prepare used before issue 21), for reference
 
 The baselines decode and resize the JPEGs every epoch (that is how they work); the project decodes once in
 prepare (benchmarks/prepare.py measures that). Each variant runs in its own process: peak RSS is its own;
-its files are read once beforehand (page cache warm for all, as after prepare), and TensorFlow's runtime is
-started before the timed epochs (a training run starts it building the model). Epoch 1 includes building the
-pipeline (listing files; reading the cache). Wall-clock img/s and img per CPU-second (all threads) are both
+its files are read once beforehand (page cache warm for all, as after prepare; no write-back pending), and
+TensorFlow's runtime is started before the timed epochs (a training run starts it building the model). Epoch 1
+includes building the pipeline (listing files; reading the cache). Wall-clock img/s and img per CPU-second (all threads) are both
 reported: on a shared machine the CPU figure is the steadier one.
 Checks: every variant delivers 2,002 images a epoch, 1,001 per class; the project delivers exactly the
 rows of train.npy with their labels; and each prepared image's mean matches the baselines' mean of the
@@ -37,6 +39,7 @@ Writes benchmarks/results/input_pipeline.json.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -50,7 +53,7 @@ import benchutil as bu  # noqa: E402
 
 SIZE, BATCH, SEED = 150, 64, 42
 VARIANTS = ["idg", "idg_aug", "idfd", "project", "project_aug_cpu", "project_before", "raw_epoch1", "raw_epoch1_all",
-            "decode_only", "decode_only_pillow"]
+            "decode_only", "decode_all_cores", "decode_only_pillow"]
 TARGETS = {"first_vs_idg": 5.0, "first_vs_idfd": 2.0, "later_vs_idg": 10.0,
            "raw_vs_idg": 3.0, "raw_vs_idfd": 1.5, "decode_over_prepare_cpu": 1.5}
 
@@ -239,8 +242,22 @@ def child_raw(variant: str, raw: Path, work: Path) -> dict:
     return res
 
 
+_DECODE: tuple[list, list] = ([], [])  # (JPEG bytes, imdecode flags): set before decode_all_cores forks its pool
+
+
+def _decode_share(rows: range) -> None:
+    import cv2
+
+    datas, flags = _DECODE
+    for i in rows:
+        cv2.imdecode(np.frombuffer(datas[i], np.uint8), flags[i])
+
+
 def child_decode(variant: str, raw: Path) -> dict:
-    """Decode each training JPEG and nothing else (no resize, no write), in this one process."""
+    """Decode each training JPEG and nothing else (no resize, no write): in this one process, or (decode_all_cores)
+    split over a forked pool of one process per core, as prepare splits its work."""
+    import multiprocessing as mp
+
     import cv2
     from PIL import Image
 
@@ -250,22 +267,32 @@ def child_decode(variant: str, raw: Path) -> dict:
     datas = [f.read_bytes() for f in files]  # reading is not decoding; prepare's reads are in its own figure
     # imdecode's flag from each header (DCT scale; orientation only with EXIF), as prepare chooses it (untimed)
     flags = [images.reduced_read_flag(w, h, exif, SIZE) for w, h, _, exif in map(images.jpeg_header, datas)]
-    t0, c0 = time.perf_counter(), time.process_time()
+    _DECODE[0][:], _DECODE[1][:] = datas, flags
+    t0, c0 = time.perf_counter(), bu.cpu_seconds()
+    x = None
     if variant == "decode_only":
         for data, flag in zip(datas, flags):
             x = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    elif variant == "decode_all_cores":
+        workers = os.cpu_count() or 1
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(_decode_share, [range(k, len(datas), workers) for k in range(workers)])
+            pool.close()
+            pool.join()  # reaped, so their CPU seconds are counted
     else:
         for f in files:
             with Image.open(f) as im:
                 im.draft("RGB", (SIZE, SIZE))
                 im.load()
             x = im
-    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    dt, cpu = time.perf_counter() - t0, bu.cpu_seconds() - c0
     n, dogs = len(files), sum(f.name.startswith("dog.") for f in files)
-    return {"variant": variant, "implementation": "cv2.imdecode IMREAD_REDUCED_COLOR_*" if variant == "decode_only"
-            else "PIL draft('RGB') + load", "seconds": [dt], "cpu_seconds": [cpu], "images": [n], "label1": [dogs],
-            "img_s": [n / dt], "img_cpu_s": [n / cpu], "image_shape": None, "dtype": "uint8", "check": {},
-            "last_decoded": str(getattr(x, "shape", getattr(x, "size", ""))), "peak_rss_mb": bu.peak_rss_mb()}
+    how = {"decode_only": "cv2.imdecode IMREAD_REDUCED_COLOR_*, one process",
+           "decode_all_cores": "the same, one forked process per core"}.get(variant, "PIL draft('RGB') + load")
+    return {"variant": variant, "implementation": how, "seconds": [dt], "cpu_seconds": [cpu], "images": [n],
+            "label1": [dogs], "img_s": [n / dt], "img_cpu_s": [n / cpu], "image_shape": None, "dtype": "uint8",
+            "check": {}, "last_decoded": str(getattr(x, "shape", getattr(x, "size", ""))),
+            "peak_rss_mb": bu.peak_rss_mb()}
 
 
 def _train_dataset_before(m, batch_size, seed, df, shuffle_buffer=10000, chunk=512):
@@ -351,7 +378,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         long = a.variant in ("project", "project_before")
-        if a.variant.startswith("decode_only"):
+        if a.variant.startswith("decode"):
             bu.emit(child_decode(a.variant, a.raw))
         elif a.variant.startswith("raw_epoch1"):
             bu.emit(child_raw(a.variant, a.raw, a.work))
@@ -378,6 +405,7 @@ def main() -> None:
             with open(f, "rb") as fh:
                 while fh.read(1 << 24):
                     pass
+        os.sync()  # and no write-back of an earlier variant's outputs (prepare's arrays) running under this one
 
     rounds: list[dict[str, dict]] = []
     for r in range(a.repeat):
@@ -469,6 +497,14 @@ def main() -> None:
             print(f"info   {v}: prepare {r['prepared_images']:,.0f} images at {r['prepare_img_s']:,.0f} img/s "
                   f"({r['prepare_img_cpu_s']:,.0f} img/CPU-s), then epoch 1; {r['first']:,.0f} training images/s "
                   "from the JPEGs to the end of epoch 1")
+    both = rows.get("decode_all_cores", {})
+    if raw and both:  # the floor on these cores: the decode alone, split as prepare splits it
+        n_raw = raw["prepared_images"]
+        print(f"info   the bare decode on all cores: {both['first']:,.0f} img/s ({both['first_cpu']:,.0f} img/CPU-s); "
+              f"prepare is {both['first_cpu'] / raw['prepare_img_cpu_s']:.2f}x it per CPU-second and "
+              f"{both['first'] / raw['prepare_img_s']:.2f}x its wall clock; at that speed raw -> end of epoch 1 would "
+              f"be {n / (n_raw / both['first'] + n / raw['first'] - n_raw / raw['prepare_img_s']):,.0f} img/s "
+              "(prepare's decode free of every other cost)")
     if pa and idg:  # for reference, not a target: the issue lets augmentation run in the model, on the accelerator
         print(f"info   project later epochs with the model's augmentation run in tf.data on the CPU instead: "
               f"{pa['later_vs_idg']:.1f}x ImageDataGenerator (Keras' augmentation layers on {bu.machine()['cpu_count']} "
