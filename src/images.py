@@ -67,7 +67,7 @@ _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 def jpeg_header(data: bytes) -> tuple[int, int, int, bool] | None:
     """(width, height, colour components, has EXIF) read from a JPEG's segments before its frame, or None when the
-    bytes do not start like a JPEG or end before a frame header. A few segment headers: ~30x cheaper than
+    bytes do not start like a JPEG or end before a frame header. A few segment headers: ~2 us against ~25 us for
     Image.open, which parses the same bytes into a Python object first."""
     if data[:3] != b"\xff\xd8\xff":
         return None
@@ -90,7 +90,7 @@ def jpeg_header(data: bytes) -> tuple[int, int, int, bool] | None:
 
 def reduced_read_flag(width: int, height: int, exif: bool, size: int) -> int:
     """imdecode's flag for a colour JPEG: its DCT scale, and EXIF orientation only where the file has EXIF
-    (OpenCV's orientation step costs ~0.2 ms an image even when there is nothing to turn)."""
+    (OpenCV's orientation step costs ~15% of the decode, ~0.08 ms a photo here, even with nothing to turn)."""
     flag = REDUCED_READ[dct_scale(width, height, size)]
     return flag if exif else flag | cv2.IMREAD_IGNORE_ORIENTATION
 
