@@ -16,6 +16,7 @@ through Pillow as before. Both paths are deterministic: the same file gives the 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing as mp
 import os
@@ -193,7 +194,26 @@ def worker_pool(workers: int):
         # A job of a joblib sweep runs in a loky worker, whose global start method is "loky": spawned workers are
         # told to use it, cannot (plain multiprocessing does not know it), die, and the pool respawns them forever.
         mp.set_start_method(method, force=True)
-    return mp.get_context(method).Pool(processes=workers, initializer=_worker_signals)
+    with _main_module_hidden(method == "spawn"):
+        return mp.get_context(method).Pool(processes=workers, initializer=_worker_signals)
+
+
+@contextlib.contextmanager
+def _main_module_hidden(hide: bool):
+    """A spawned worker first imports the parent's __main__ (for functions defined there): under `python -m
+    src.train`, that is the training module, TensorFlow and all, in every worker (prepare took ~6x longer inside
+    train than on its own). The pool's functions live here, so its workers are started without it, as from an
+    interactive session; a worker the pool replaces later does import it, and works the same, only slower."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if main is not None and k in main.__dict__}
+    if hide and saved:
+        main.__spec__ = None
+        main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if hide and saved:
+            main.__dict__.update(saved)
 
 
 def _worker_signals() -> None:
