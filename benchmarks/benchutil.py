@@ -161,21 +161,31 @@ class TreeMemory:
                 "peak_anon_total_mb": round(self.peak_anon, 1)}
 
 
+def child_env() -> dict[str, str]:
+    """A measured child's environment: TensorFlow's start-up chatter off, output unbuffered."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def communicate(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
+    """A child's (stdout, stderr); killed, with the tail of what it said, when it runs past `timeout` seconds."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise RuntimeError(f"{what} timed out after {timeout}s:\n{(err or out or '')[-3000:]}")
+
+
 def run_child(script: str | Path, args: list[str], timeout: int = 600, monitor: bool = False) -> dict[str, Any]:
     """Run `python <script> --child <args>`; it prints one line `RESULT <json>` last. monitor=True adds
     the process tree's sampled memory (TreeMemory) to the result."""
     cmd = [PY, str(script), "--child", *args]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     mem = TreeMemory(proc.pid) if monitor else None
     if mem:
         mem.__enter__()
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise RuntimeError(f"{' '.join(cmd)} timed out after {timeout}s\n{err[-3000:]}")
+        out, err = communicate(proc, timeout, " ".join(cmd))
     finally:
         if mem:
             mem.__exit__()

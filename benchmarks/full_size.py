@@ -161,17 +161,11 @@ def overrides(base: Path, dataset: str, raw: Path, subset: int) -> list[str]:
 
 def run_stage(stage: str, args: list[str], timeout: int) -> dict:
     """`python -m src.<stage> args` with its process tree sampled; wall time, peak memory, its output's tail."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([bu.PY, "-m", f"src.{stage}", *args], cwd=bu.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+                            stderr=subprocess.STDOUT, text=True, env=bu.child_env())
     with bu.TreeMemory(proc.pid, interval=0.05) as mem:
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-            raise RuntimeError(f"src.{stage} timed out after {timeout}s:\n{out[-3000:]}")
+        out, _ = bu.communicate(proc, timeout, f"src.{stage}")
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"src.{stage} failed (exit {proc.returncode}):\n{out[-4000:]}")
