@@ -164,20 +164,25 @@ def try_load(path: str, size: int, mode: str) -> tuple[np.ndarray | None, str | 
 _OUT_FDS: dict[str, int] = {}  # per process: the open output file each worker writes its rows into
 
 
-def _write_job(args: tuple[str, int, str, str, int]) -> str | None:
-    """Load one image and write its row straight into the output .npy at byte `pos` (pwrite): the pixels
-    never travel back to the parent through a pipe. Returns the error, or None."""
-    path, size, mode, out, pos = args
-    img, err = try_load(path, size, mode)
-    if img is not None:
-        fd = _OUT_FDS.get(out)
-        if fd is None:
-            fd = _OUT_FDS[out] = os.open(out, os.O_WRONLY)
-        data = memoryview(np.ascontiguousarray(img, dtype=np.uint8)).cast("B")
-        done = 0
-        while done < len(data):
-            done += os.pwrite(fd, data[done:], pos + done)
-    return err
+def _write_rows(args: tuple[list[str], int, str, str, int]) -> list[str | None]:
+    """Load a run of consecutive images and write each one's row straight into the output .npy, the first at byte
+    `pos` (pwrite): the pixels never travel back to the parent through a pipe. Returns each image's error, or None.
+    A job is a run of images, not one: the parent then handles one result a run (a result per image cost it ~25-30 us of
+    CPU an image in the pool's threads: 0.11-0.14 s against 0.06-0.09 s for the 2,003 shared photos)."""
+    paths, size, mode, out, pos = args
+    fd = _OUT_FDS.get(out)
+    if fd is None:
+        fd = _OUT_FDS[out] = os.open(out, os.O_WRONLY)
+    errors = []
+    for k, path in enumerate(paths):
+        img, err = try_load(path, size, mode)
+        errors.append(err)
+        if img is not None:
+            data = memoryview(np.ascontiguousarray(img, dtype=np.uint8)).cast("B")
+            start, done = pos + k * len(data), 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], start + done)
+    return errors
 
 
 def worker_pool(workers: int):
@@ -252,12 +257,16 @@ def resize_all(paths: list[str], size: int, mode: str, out: Path, pool, workers:
         _reserve(tmp)
         offset, row_bytes = arr.offset, size * size * 3
         del arr
-        jobs = [(p, size, mode, str(tmp), offset + i * row_bytes) for i, p in enumerate(paths)]
-        # small chunks: cheap to send (paths), and the last one leaves a core idle only briefly
-        results = map(_write_job, jobs) if pool is None else pool.imap(
-            _write_job, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 4))))
+        # runs of up to 32 images: cheap to send (paths), few results for the parent, and the last run leaves a
+        # core idle only briefly
+        run = max(1, min(32, len(paths) // (workers * 4)))
+        jobs = [(paths[i:i + run], size, mode, str(tmp), offset + i * row_bytes) for i in range(0, len(paths), run)]
+        results = map(_write_rows, jobs) if pool is None else pool.imap(_write_rows, jobs)
         try:
-            errors.extend(progress.track(results, f"prepare: {label}", total=len(jobs), unit="img"))
+            with progress.bar(f"prepare: {label}", total=len(paths), unit="img") as shown:
+                for run_errors in results:
+                    errors.extend(run_errors)
+                    shown.update(len(run_errors))
         finally:
             fd = _OUT_FDS.pop(str(tmp), None)  # the in-process writer's file
             if fd is not None:
