@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .files import file_sha256, read_json
+from .files import file_sha256, read_json, short_hash
 from .paths import Layout
 from .split import assign_cv_folds
+
+PIXEL_KEYS = ("image_size", "resize", "prepare_version")  # the report's keys that say how the arrays were made
 
 
 @dataclass
@@ -23,7 +25,8 @@ class Manifests:
     classes: list[str]
     train_images: Path   # train.npy
     test_images: Path    # test.npy
-    files: tuple[Path, ...]  # the manifests, the class list and prepare's report (image size, resize mode, ...)
+    files: tuple[Path, ...]  # the manifests and the class list
+    report: Path             # prepare's report: image size, resize mode and prepare's version name the pixels
 
     @property
     def num_classes(self) -> int:
@@ -46,8 +49,13 @@ class Manifests:
         return np.asarray(np.load(self.train_images, mmap_mode="r")[rows])
 
     def fingerprint(self) -> str:
-        """A hash of the manifests, the class list and prepare's report: which prepared data a run saw."""
-        return "".join(file_sha256(f)[:8] for f in self.files)
+        """Which prepared data a run saw: a hash of the manifests, the class list and what made the pixels (image
+        size, resize mode, prepare's version). Not of the whole report: its raw_dir and skipped paths say where
+        the raw folder lies (another checkout, another path), not what the arrays hold, and a fingerprint that
+        counted them made every prediction look stale to a run from a second checkout of the same data."""
+        report = read_json(self.report) if self.report.is_file() else {}
+        pixels = {k: report.get(k) for k in PIXEL_KEYS}
+        return "".join(file_sha256(f)[:8] for f in self.files) + short_hash(pixels)[:8]
 
 
 def load(lay: Layout, cv: tuple[int, int, int] | None = None) -> Manifests:
@@ -64,7 +72,7 @@ def load(lay: Layout, cv: tuple[int, int, int] | None = None) -> Manifests:
         train["fold"] = np.where(assign_cv_folds(train["id"], train["label"], folds, seed) == fold, "val", "train")
     return Manifests(train[train["fold"] == "train"].reset_index(drop=True),
                      train[train["fold"] == "val"].reset_index(drop=True), test, classes, lay.train_images,
-                     lay.test_images, (lay.train_manifest, lay.test_manifest, lay.classes, lay.report))
+                     lay.test_images, (lay.train_manifest, lay.test_manifest, lay.classes), lay.report)
 
 
 def for_run(cfg, lay: Layout) -> Manifests:

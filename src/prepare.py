@@ -152,7 +152,8 @@ def _write_manifests(cfg: DictConfig, lay: Layout, s: rawdata.Scan, train: pd.Da
     write_json(lay.classes, list(cfg.dataset.classes))
     counts = train.groupby(["fold", "class"]).size().unstack(fill_value=0)
     report = {
-        "raw_dir": shown_path(lay.raw), "image_size": int(cfg.dataset.image_size), "resize": str(cfg.dataset.resize),
+        "raw_dir": shown_path(lay.raw), "prepare_version": PREPARE_VERSION,
+        "image_size": int(cfg.dataset.image_size), "resize": str(cfg.dataset.resize),
         "train_images": int((train["fold"] == "train").sum()), "val_images": int((train["fold"] == "val").sum()),
         "test_images": int(len(test)), "unreadable_test_images": int((~test["ok"]).sum()),
         "per_class": {f: {c: int(v) for c, v in row.items()} for f, row in counts.iterrows()},

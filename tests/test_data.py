@@ -166,7 +166,7 @@ def test_manifests_and_the_mapped_rows(binary, three):
     assert len(m.train) == 16 and len(m.val) == 4 and (m.train["fold"] == "train").all() and (m.val["fold"] == "val").all()
     assert sorted(m.labels().tolist()) == [0] * 10 + [1] * 10
     fp = m.fingerprint()  # which data a run saw: the same files, the same text; other data, another
-    assert fp == m.fingerprint() and int(fp, 16) >= 0 and len(fp) == 8 * len(m.files)
+    assert fp == m.fingerprint() and int(fp, 16) >= 0 and len(fp) == 8 * (len(m.files) + 1)
     assert three.fingerprint() != fp and {m.train_images.parent / "train.csv", m.train_images.parent / "classes.json"} <= set(m.files)
     rows = map_rows(m.train_images)
     assert not rows.flags.writeable

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,27 @@ def test_redoing_unchanged_data_gives_byte_identical_outputs(base: Path, capsys)
     assert before.keys() == after.keys() and "preview.png" in after
     assert [n for n in after if after[n] != before[n]] == ["state.json"]
     assert "/data/processed/*/state.json" in (ROOT / ".dvcignore").read_text().split("\n")
+
+
+def test_the_data_fingerprint_names_the_pixels_not_where_the_raw_folder_lies(base: Path):
+    """Predictions are remade when the prepared data they came from changes (src/inference.py). The same raw files
+    prepared from another path (a second checkout; raw_dir and skipped paths in the report differ) are the same
+    data; another image size or another prepare version is not."""
+    from src import manifests
+
+    lay = prepare.run(cfg_for(base))
+    first, report = manifests.load(lay).fingerprint(), read_json(lay.report)
+    assert report["prepare_version"] == prepare.PREPARE_VERSION
+    elsewhere = base / "elsewhere" / "dogs_vs_cats"
+    shutil.copytree(raw_of(base), elsewhere)  # copy2: the same sizes and mtimes
+    lay.prepare_state.unlink()  # prepared again, as in a second checkout
+    prepare.run(cfg_for(base, f"dataset.raw_dir={elsewhere}"))
+    assert read_json(lay.report)["raw_dir"] == str(elsewhere) != report["raw_dir"]
+    assert manifests.load(lay).fingerprint() == first
+    write_json(lay.report, {**report, "prepare_version": prepare.PREPARE_VERSION - 1})
+    assert manifests.load(lay).fingerprint() != first
+    smaller = prepare.run(cfg_for(base, "dataset.image_size=32"))
+    assert manifests.load(smaller).fingerprint() != first
 
 
 def test_the_command_with_a_worker_pool_prints_no_worker_tracebacks(tmp_path: Path):
