@@ -60,13 +60,23 @@ def train_folds(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any
 
 
 def trained(cfg: DictConfig) -> dict[str, Any] | None:
-    """The run's summary if it finished training with this very config (and its predictions are there)."""
+    """The run's summary if it finished training with this very config on the current prepared data. Predictions
+    that are missing or stale (deleted, or written under an older data fingerprint) are remade from its model, not
+    retrained: its checkpoints are gone, so training again would start from epoch 1."""
     lay = Layout(cfg)
     if not (lay.run_info.is_file() and lay.model.is_file()):
         return None
     summary = read_json(lay.run_info)
-    current = summary.get("config_hash") == checkpoint.config_hash(cfg)
-    return summary if current and all(inference.is_current(cfg, lay, s) for s in inference.SPLITS) else None
+    if summary.get("config_hash") != checkpoint.config_hash(cfg):
+        return None
+    if all(inference.is_current(cfg, lay, s) for s in inference.SPLITS):
+        return summary
+    m = manifests.for_run(cfg, lay)
+    if summary.get("data") != m.fingerprint():  # trained on other data (or too old a run.json to say): train again
+        return None
+    print(f"train: {lay.model_dir}: the model is current but its predictions are not; predicting again")
+    inference.write(cfg, lay, m)
+    return summary
 
 
 def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -99,7 +109,7 @@ def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             if not chief:
                 print(f"train: process {multiprocess.index()} of {multiprocess.count()} done; process 0 writes the outputs")
                 return {"process": multiprocess.index(), "epochs_run": state.epoch, "best_epoch": state.best_epoch + 1}
-            summary = _publish(cfg, lay, state, rt, fit_seconds, callback)
+            summary = _publish(cfg, lay, state, rt, fit_seconds, callback, m.fingerprint())
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
                               "epochs_run": state.epoch, "fit_seconds": fit_seconds})
@@ -212,8 +222,9 @@ def _check_outcome(cfg: DictConfig, state: checkpoint.TrainingState, callback: c
 
 
 def _publish(cfg: DictConfig, lay: Layout, state: checkpoint.TrainingState, rt: dict[str, str],
-             fit_seconds: float, callback: checkpoint.EpochEnd) -> dict[str, Any]:
-    """model.keras (the best epoch), history.json, the learning curve and run.json."""
+             fit_seconds: float, callback: checkpoint.EpochEnd, data: str) -> dict[str, Any]:
+    """model.keras (the best epoch), history.json, the learning curve and run.json (with `data`, the fingerprint of
+    the prepared data it was trained on)."""
     callback.write_best(lay.model)
     write_json(lay.history, state.history)
     plots.learning_curve(state.history, lay.learning_curve)
@@ -221,7 +232,7 @@ def _publish(cfg: DictConfig, lay: Layout, state: checkpoint.TrainingState, rt: 
                "fold": lay.fold if lay.folds else None, "config_hash": checkpoint.config_hash(cfg),
                "best_epoch": state.best_epoch + 1, "best_val_log_loss": state.best_score, "epochs_run": state.epoch,
                "stopped_early": state.epoch < int(cfg.train.epochs) and not features.is_features(cfg),
-               "fit_seconds": round(fit_seconds, 2),
+               "fit_seconds": round(fit_seconds, 2), "data": data,
                "tracking_uri": tracking.tracking_uri(cfg) if tracking.enabled(cfg) else None, **rt}
     write_json(lay.run_info, summary)
     return summary

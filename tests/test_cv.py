@@ -249,10 +249,15 @@ def test_training_every_fold_again_keeps_the_finished_ones(members: Path, capsys
 
     lay = Layout(_cfg(members, "name=cnn"))
     before = {f: file_sha256(lay.member_dir / f"fold-{f}" / "model.keras") for f in range(K)}
+    lost = lay.member_dir / "fold-0" / "predictions" / "test.csv"
+    kept = lost.read_bytes()
+    lost.unlink()  # a deleted prediction file is predicted again, not a reason to train the fold again
     capsys.readouterr()
     pipeline.run(_cfg(members, "name=cnn"), "train")
-    assert capsys.readouterr().out.count("already trained with this config; kept") == K
+    out = capsys.readouterr().out
+    assert out.count("already trained with this config; kept") == K and out.count("predicting again") == 1
     assert {f: file_sha256(lay.member_dir / f"fold-{f}" / "model.keras") for f in range(K)} == before
+    assert lost.read_bytes() == kept
 
 
 # ------------------------------------------------------------------ a killed fold, and MLflow
