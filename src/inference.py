@@ -132,7 +132,8 @@ def predictions(cfg: DictConfig, lay: Layout, split: str) -> Predictions:
     if not is_current(cfg, lay, split):
         from . import manifests
 
-        print(f"inference: {lay.predictions(split)} missing, or made by another model, TTA setting or prepared data; predicting")
+        print(f"inference: {lay.predictions(split)} missing, or made by another model, TTA setting or prepared data; "
+              "predicting")
         write(cfg, lay, manifests.for_run(cfg, lay), splits=(split,))  # a fold's own validation images
     return read(lay.predictions(split))
 
