@@ -167,8 +167,8 @@ _OUT_FDS: dict[str, int] = {}  # per process: the open output file each worker w
 def _write_rows(args: tuple[list[str], int, str, str, int]) -> list[str | None]:
     """Load a run of consecutive images and write each one's row straight into the output .npy, the first at byte
     `pos` (pwrite): the pixels never travel back to the parent through a pipe. Returns each image's error, or None.
-    A job is a run of images, not one: the parent then handles one result a run (a result per image cost it ~25-30 us of
-    CPU an image in the pool's threads: 0.11-0.14 s against 0.06-0.09 s for the 2,003 shared photos)."""
+    A job is a run of images, not one: the parent then handles one result a run (a result per image cost it
+    ~25-30 us of CPU an image in the pool's threads: 0.11-0.14 s against 0.06-0.09 s for the 2,003 shared photos)."""
     paths, size, mode, out, pos = args
     fd = _OUT_FDS.get(out)
     if fd is None:

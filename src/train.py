@@ -69,13 +69,15 @@ def trained(cfg: DictConfig) -> dict[str, Any] | None:
     summary = read_json(lay.run_info)
     if summary.get("config_hash") != checkpoint.config_hash(cfg):
         return None
-    if all(inference.is_current(cfg, lay, s) for s in inference.SPLITS):
+    stale = tuple(s for s in inference.SPLITS if not inference.is_current(cfg, lay, s))
+    if not stale:
         return summary
     m = manifests.for_run(cfg, lay)
     if summary.get("data") != m.fingerprint():  # trained on other data (or too old a run.json to say): train again
         return None
-    print(f"train: {lay.model_dir}: the model is current but its predictions are not; predicting again")
-    inference.write(cfg, lay, m)
+    print(f"train: {lay.model_dir}: the model is current but its {', '.join(stale)} predictions are not; "
+          "predicting again")
+    inference.write(cfg, lay, m, splits=stale)
     return summary
 
 
@@ -91,8 +93,9 @@ def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
         m = manifests.for_run(cfg, lay)
         rows = training_rows(cfg, m)
         state, resumed = checkpoint.start(cfg, lay, writes=chief)
+        data = m.fingerprint()
         tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "hydra.overrides": tracking.hydra_overrides(),
-                "dataset.fingerprint": m.fingerprint(), "resumed": str(resumed).lower(), **tracking.git_info(), **rt,
+                "dataset.fingerprint": data, "resumed": str(resumed).lower(), **tracking.git_info(), **rt,
                 **({"member": lay.name, "cv.folds": str(lay.folds), "cv.fold": str(lay.fold)} if lay.folds else {})}
         run_name = f"{lay.name}-fold{lay.fold}" if lay.folds else lay.name
         opened = (tracking.training_run(cfg, run_name, state.run_id if resumed else None, tags) if chief
@@ -109,7 +112,7 @@ def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
             if not chief:
                 print(f"train: process {multiprocess.index()} of {multiprocess.count()} done; process 0 writes the outputs")
                 return {"process": multiprocess.index(), "epochs_run": state.epoch, "best_epoch": state.best_epoch + 1}
-            summary = _publish(cfg, lay, state, rt, fit_seconds, callback, m.fingerprint())
+            summary = _publish(cfg, lay, state, rt, fit_seconds, callback, data)
             inference.write(cfg, lay, m)
             run_.log_metrics({"best_val_log_loss": state.best_score, "best_epoch": state.best_epoch + 1,
                               "epochs_run": state.epoch, "fit_seconds": fit_seconds})
