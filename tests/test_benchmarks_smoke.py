@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 SCRIPTS = ["input_pipeline.py", "prepare.py", "predict.py", "gpu_train.py", "time_to_accuracy.py", "backbones.py",
-           "full_size.py"]
+           "full_size.py", "cv_blend.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -44,6 +44,23 @@ def test_gpu_train_dry_run_measures_every_path(tmp_path):
                         "--out", str(tmp_path / "none.json")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "the 0s budget would be overrun" in r.stdout, r.stdout[-2000:]
     assert json.loads((tmp_path / "none.json").read_text())["results"] == []  # stopped cleanly, JSON written
+
+
+def test_cv_blend_stops_at_its_budget_and_keeps_its_json(tmp_path):
+    """The GPU blend script with a budget too short for one member: its first training is stopped (SIGINT), no
+    later member starts, nothing is blended, and the JSON and the table say so. (Its whole dry run, two members
+    trained, evaluated and blended on generated photos, takes ~5 min: benchmarks/README.md, run by hand.)"""
+    import json
+
+    out = tmp_path / "cv.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cv_blend.py"), "--dry-run", "--budget", "1",
+                        "--work", str(tmp_path / "work"), "--out", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["members"]) == ["xception_mini_cv_long"], result["members"]
+    assert result["members"]["xception_mini_cv_long"]["finished"] is False and result["blend"] is None
+    assert "budget reached" in r.stdout and "| xception_mini_cv_long | False |" in r.stdout
 
 
 def test_benchutil_table_and_memory():
