@@ -6,8 +6,9 @@ GPU machine runs for issue 16, where one session has about ten minutes of runs a
 Members train strongest first (MEMBERS). A train that would run past the budget gets SIGINT, which stops it at a
 batch end without checkpointing the unfinished epoch (src/interrupts.py), so running this again on the same
 --work resumes that fold; the blend takes the members whose folds all finished (at least two). The JSON is
-written after every step (each member's train seconds and OOF metrics, the blend's OOF score and weights), the
-members' OOF/test predictions and the blended submission are copied beside it, and a table is printed last.
+written after every step (each member's train seconds, finished folds and OOF metrics, the blend's OOF score
+and weights), the members' OOF/test predictions and the blended submission are copied beside it, and a table
+is printed last.
 
     KERAS_BACKEND=jax python3 benchmarks/cv_blend.py --budget 540 --raw /tmp/gpu-data/dogs_vs_cats --out $OUT/cv_blend.json
     python benchmarks/cv_blend.py --dry-run      # a CPU, ~5 min: two members, generated photos, 2 folds of 1 epoch
@@ -74,6 +75,14 @@ def oof_metrics(work: Path, name: str) -> dict:
     return {k: m[k] for k in keep if k in m}
 
 
+def finished_folds(work: Path, name: str) -> dict:
+    """Each finished fold's best validation log loss, its epoch and fit seconds (its run.json), so that a member
+    the budget cut short still tells how far it got and how long a fold takes."""
+    runs = sorted((work / "models" / "dogs_vs_cats" / name).glob("fold-*/run.json"))
+    keep = ("best_val_log_loss", "best_epoch", "epochs_run", "fit_seconds", "runtime.precision")
+    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k in keep} for p in runs}
+
+
 def copy_outputs(work: Path, dest: Path, names: list[str]) -> None:
     """The members' OOF/test predictions and the blended submission, beside the JSON (a few hundred KB)."""
     for name in names:
@@ -121,7 +130,7 @@ def main() -> None:
     for name in a.members:
         row = result["members"][name] = {"command": " ".join(MEMBERS[name])}
         rc, row["train_s"] = run([py, "-m", "src.train", *MEMBERS[name], *extra], deadline - a.blend_reserve, env)
-        row["finished"] = rc == 0
+        row["finished"], row["folds"] = rc == 0, finished_folds(work, name)
         if rc == 0:
             rc, row["evaluate_s"] = run([py, "-m", "src.evaluate", *MEMBERS[name], *extra], deadline, env)
             row.update(oof_metrics(work, name) if rc == 0 else {"evaluate_exit": rc})
