@@ -102,8 +102,11 @@ def assemble(cfg: DictConfig) -> Member:
 def _fold_predictions(cfg: DictConfig, split: str) -> Predictions:
     lay = Layout(cfg)
     if not lay.model.is_file():
-        raise UserError(f"fold {lay.fold} of {lay.name} has no model ({lay.model}); train it: python -m src.train "
-                        f"dataset={lay.dataset} name={lay.name} cv.folds={lay.folds} (trains the missing folds)")
+        # the member's own recipe (an experiment, overrides) is not in its config's name: point at both places
+        raise UserError(f"fold {lay.fold} of {lay.name} has no model ({lay.model}); train it with the command that "
+                        f"trained {lay.name} (its MLflow runs' tag hydra.overrides) plus cv.fold={lay.fold}, or for a "
+                        f"member of the default config: python -m src.train dataset={lay.dataset} name={lay.name} "
+                        f"cv.folds={lay.folds} (trains the missing folds)")
     return inference.predictions(cfg, lay, split)
 
 
