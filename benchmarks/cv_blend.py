@@ -11,7 +11,7 @@ and weights), the members' OOF/test predictions and the blended submission are c
 is printed last.
 
     KERAS_BACKEND=jax python3 benchmarks/cv_blend.py --budget 540 --raw /tmp/gpu-data/dogs_vs_cats --out $OUT/cv_blend.json
-    python benchmarks/cv_blend.py --dry-run      # a CPU, ~5 min: two members, generated photos, 2 folds of 1 epoch
+    python benchmarks/cv_blend.py --dry-run      # a CPU, ~3 min: two members, generated photos, 2 folds of 1 epoch
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ MEMBERS = {
     "xception_mini_cv_s7": ["+experiment=dogs_vs_cats_cv_xception", "name=xception_mini_cv_s7", "seed=7"],
 }
 DRY_RUN = ["cv.folds=2", "train.epochs=1", "train.warmup_epochs=0", "dataset.image_size=32"]
-BLEND = "dogs_vs_cats_blend"
+BLEND = ["+blend=dogs_vs_cats"]
 STOP_GRACE_S = 120  # after SIGINT: the batch in flight, the MLflow run's end
 
 
@@ -48,6 +48,15 @@ def work_overrides(work: Path) -> list[str]:
     """Every output under one folder, so that a run here never touches the project's own data and models."""
     dirs = ("processed", "models", "metrics", "plots", "predictions", "submissions", "features")
     return [f"paths.{d}={work / d}" for d in dirs]
+
+
+def layout(cfg, **keys):
+    """Where a command of this config (with these keys over it) writes: src/paths.py's Layout, every path's home."""
+    from omegaconf import OmegaConf
+
+    from src.paths import Layout
+
+    return Layout(OmegaConf.merge(cfg, keys) if keys else cfg)
 
 
 def run(cmd: list[str], deadline: float, env: dict) -> tuple[int, float]:
@@ -68,31 +77,32 @@ def run(cmd: list[str], deadline: float, env: dict) -> tuple[int, float]:
     return proc.returncode, time.monotonic() - t0
 
 
-def oof_metrics(work: Path, name: str) -> dict:
-    m = json.loads((work / "metrics" / "dogs_vs_cats" / f"{name}.json").read_text())
+def oof_metrics(lay) -> dict:
+    m = json.loads(lay.metrics.read_text())
     keep = ("val_log_loss", "val_accuracy", "val_roc_auc", "val_log_loss_model", "temperature", "clip",
             "fold_val_log_loss", "fold_val_log_loss_mean", "fold_val_log_loss_std")
     return {k: m[k] for k in keep if k in m}
 
 
-def finished_folds(work: Path, name: str) -> dict:
+def finished_folds(cfg) -> dict:
     """Each finished fold's best validation log loss, its epoch and fit seconds (its run.json), so that a member
     the budget cut short still tells how far it got and how long a fold takes."""
-    runs = sorted((work / "models" / "dogs_vs_cats" / name).glob("fold-*/run.json"))
     keep = ("best_val_log_loss", "best_epoch", "epochs_run", "fit_seconds", "runtime.precision")
-    return {p.parent.name: {k: v for k, v in json.loads(p.read_text()).items() if k in keep} for p in runs}
+    runs = {i: layout(cfg, cv={"fold": i}).run_info for i in range(int(cfg.cv.folds))}
+    return {f"fold-{i}": {k: v for k, v in json.loads(p.read_text()).items() if k in keep}
+            for i, p in runs.items() if p.is_file()}
 
 
-def copy_outputs(work: Path, dest: Path, names: list[str]) -> None:
+def copy_outputs(dest: Path, members: list, blend) -> None:
     """The members' OOF/test predictions and the blended submission, beside the JSON (a few hundred KB)."""
-    for name in names:
-        for f in ("oof.csv", "test.csv"):
-            src = work / "predictions" / "dogs_vs_cats" / name / f
+    for lay in members:
+        for src in (lay.oof, lay.oof_test):
             if src.exists():
-                (dest / name).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dest / name / f)
-    for f in (work / "submissions").glob(f"dogs_vs_cats-{BLEND}.*"):
-        shutil.copy2(f, dest / f.name)
+                (dest / lay.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / lay.name / src.name)
+    for src in (blend.submission, blend.submission_record):
+        if src.exists():
+            shutil.copy2(src, dest / src.name)
 
 
 def main() -> None:
@@ -126,27 +136,34 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": benchutil.machine(), "budget_s": a.budget, "work": str(work), "dry_run": a.dry_run,
               "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"), "members": {}, "blend": None}
+    from src.config import compose
+
     py = sys.executable
+    lays = {}
     for name in a.members:
+        overrides = [*MEMBERS[name], *extra]
+        cfg = compose(overrides)
+        lays[name] = layout(cfg)
         row = result["members"][name] = {"command": " ".join(MEMBERS[name])}
-        rc, row["train_s"] = run([py, "-m", "src.train", *MEMBERS[name], *extra], deadline - a.blend_reserve, env)
-        row["finished"], row["folds"] = rc == 0, finished_folds(work, name)
+        rc, row["train_s"] = run([py, "-m", "src.train", *overrides], deadline - a.blend_reserve, env)
+        row["finished"], row["folds"] = rc == 0, finished_folds(cfg)
         if rc == 0:
-            rc, row["evaluate_s"] = run([py, "-m", "src.evaluate", *MEMBERS[name], *extra], deadline, env)
-            row.update(oof_metrics(work, name) if rc == 0 else {"evaluate_exit": rc})
+            rc, row["evaluate_s"] = run([py, "-m", "src.evaluate", *overrides], deadline, env)
+            row.update(oof_metrics(lays[name]) if rc == 0 else {"evaluate_exit": rc})
         benchutil.write_result("cv_blend", result, out)
         if not row["finished"] or time.monotonic() > deadline - a.blend_reserve:
             break
     done = [n for n, r in result["members"].items() if "val_log_loss" in r]
+    blend_overrides = [*BLEND, f"blend.members=[{','.join(done)}]", *extra]
+    cfg = compose(blend_overrides)
+    blend = layout(cfg, name=cfg.blend.name, cv={"fold": None})  # as src/blend.py names its outputs
     if len(done) >= 2:
-        blend = ["+blend=dogs_vs_cats", f"blend.members=[{','.join(done)}]", *extra]
-        rc, blend_s = run([py, "-m", "src.blend", *blend], deadline + STOP_GRACE_S, env)
+        rc, blend_s = run([py, "-m", "src.blend", *blend_overrides], deadline + STOP_GRACE_S, env)
         result["blend"] = {"member_names": done, "blend_s": blend_s, "exit": rc}
         if rc == 0:
-            m = json.loads((work / "metrics" / "dogs_vs_cats" / f"{BLEND}.json").read_text())
-            result["blend"].update(m)
+            result["blend"].update(json.loads(blend.metrics.read_text()))
     result["wall_s"] = time.monotonic() - started
-    copy_outputs(work, out.parent, done)
+    copy_outputs(out.parent, [lays[n] for n in done], blend)
     benchutil.write_result("cv_blend", result, out)
     rows = [{"member": n, **r} for n, r in result["members"].items()]
     if result["blend"] and "val_log_loss" in result["blend"]:

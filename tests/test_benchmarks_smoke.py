@@ -49,7 +49,7 @@ def test_gpu_train_dry_run_measures_every_path(tmp_path):
 def test_cv_blend_stops_at_its_budget_and_keeps_its_json(tmp_path):
     """The GPU blend script with a budget too short for one member: its first training is stopped (SIGINT), no
     later member starts, nothing is blended, and the JSON and the table say so. (Its whole dry run, two members
-    trained, evaluated and blended on generated photos, takes ~5 min: benchmarks/README.md, run by hand.)"""
+    trained, evaluated and blended on generated photos, takes ~3 min: benchmarks/README.md, run by hand.)"""
     import json
 
     out = tmp_path / "cv.json"
@@ -61,6 +61,19 @@ def test_cv_blend_stops_at_its_budget_and_keeps_its_json(tmp_path):
     assert list(result["members"]) == ["xception_mini_cv_long"], result["members"]
     assert result["members"]["xception_mini_cv_long"]["finished"] is False and result["blend"] is None
     assert "budget reached" in r.stdout and "| xception_mini_cv_long | False |" in r.stdout
+
+
+def test_cv_blend_trains_the_members_the_blend_config_names():
+    """cv_blend.py's training commands are the recipe's own: each composes to the member name it is filed under,
+    in conf/blend/dogs_vs_cats.yaml's order (the strongest first)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import cv_blend
+
+    from src.config import compose
+
+    assert list(cv_blend.MEMBERS) == list(compose(cv_blend.BLEND).blend.members)
+    for name, overrides in cv_blend.MEMBERS.items():
+        assert compose(overrides).name == name
 
 
 def test_benchutil_table_and_memory():
