@@ -130,7 +130,7 @@ def _member_run(cfg: DictConfig, lay: Layout, member: oof.Member) -> str | None:
     run_id = tracking.adopt(cfg, f"cv-{lay.name}", member.oof.meta["fold_runs"],
                             tags={"dataset": lay.dataset, "member": lay.name, "cv.folds": str(lay.folds)})
     if run_id:
-        write_json(lay.member_record, {"run_id": run_id, "folds": int(lay.folds)})
+        oof.record_member(lay, run_id=run_id)
     return run_id
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shlex
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -102,12 +103,21 @@ def assemble(cfg: DictConfig) -> Member:
 def _fold_predictions(cfg: DictConfig, split: str) -> Predictions:
     lay = Layout(cfg)
     if not lay.model.is_file():
-        # the member's own recipe (an experiment, overrides) is not in its config's name: point at both places
-        raise UserError(f"fold {lay.fold} of {lay.name} has no model ({lay.model}); train it with the command that "
-                        f"trained {lay.name} (its MLflow runs' tag hydra.overrides) plus cv.fold={lay.fold}, or for a "
-                        f"member of the default config: python -m src.train dataset={lay.dataset} name={lay.name} "
-                        f"cv.folds={lay.folds} (trains the missing folds)")
+        raise UserError(f"fold {lay.fold} of {lay.name} has no model ({lay.model}); train it: "
+                        f"{how_to_train(lay, f'cv.fold={lay.fold}')}")
     return inference.predictions(cfg, lay, split)
+
+
+def how_to_train(lay: Layout, *extra: str) -> str:
+    """The command that trains a member's missing folds (with extra overrides: cv.fold=i, one of them), for a
+    stage that finds them missing or stale. The member's own recipe (an experiment, overrides) is not in that
+    stage's config: member.json has the command its folds were trained with."""
+    command = read_json(lay.member_record).get("train_command") if lay.member_record.is_file() else None
+    if command is None:  # trained outside a command line, or before member.json kept the command
+        default = [f"dataset={lay.dataset}", f"name={lay.name}", f"cv.folds={lay.folds}", *extra]
+        return (f"python -m src.train {shlex.join(default)} plus the overrides that trained {lay.name} (its MLflow "
+                "runs' tag hydra.overrides)")
+    return f"python -m src.train {shlex.join([*command, *extra])}"
 
 
 def _check_covers_every_image(frame: pd.DataFrame, lay: Layout) -> None:
@@ -117,8 +127,27 @@ def _check_covers_every_image(frame: pd.DataFrame, lay: Layout) -> None:
     if ids.duplicated().any() or set(ids) != set(every):
         raise UserError(f"the folds of {lay.name} do not cover the {len(every)} training images once each "
                         f"({len(ids)} OOF rows, {ids.nunique()} distinct); the data changed since they were trained: "
-                        f"train them again (python -m src.train dataset={lay.dataset} name={lay.name} "
-                        f"cv.folds={lay.folds} train.resume=false)")
+                        f"train them again: {how_to_train(lay, 'train.resume=false')}")
+
+
+def record_member(lay: Layout, **fields) -> None:
+    """member.json, a cross-validated member's record: its folds, its MLflow parent run (null until one exists)
+    and the command that trains its folds; the fields given replace those there, the others are kept."""
+    old = read_json(lay.member_record) if lay.member_record.is_file() else {"run_id": None}
+    new = {k: v for k, v in fields.items() if v is not None}
+    write_json(lay.member_record, {**old, "folds": int(lay.folds), **new})
+
+
+def train_command(lay: Layout) -> list[str] | None:
+    """This training's command line as one that trains any fold of its member: its overrides without cv.fold and
+    name, then name=<member> (a sweep job's member is <name>-<job number>). None outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    overrides = HydraConfig.get().overrides.task
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("cv.fold", "name")]
+    return [*keep, f"name={lay.name}"]
 
 
 def _member_run(lay: Layout) -> str | None:

@@ -89,7 +89,7 @@ class Layout:
     def _trained(self, member_dir: Path, fold_dir: str | None) -> None:
         """train: models/<dataset>/<name>/ (a fold: models/<dataset>/<name>/fold-<i>/)."""
         self.member_dir = member_dir
-        self.member_record = member_dir / "member.json"  # cross-validation: the member's folds and MLflow run
+        self.member_record = member_dir / "member.json"  # cross-validation: folds, MLflow run, train command
         self.model_dir = member_dir / fold_dir if fold_dir else member_dir
         self.model = self.model_dir / "model.keras"
         self.run_info = self.model_dir / "run.json"

@@ -56,12 +56,12 @@ def _require_models(cfg: DictConfig) -> None:
     """The trained model, or for a cross-validated member every fold's: else one line naming the command."""
     lay = Layout(cfg)
     if lay.folds and lay.fold is None:
-        from .oof import fold_config
+        from .oof import fold_config, how_to_train
 
         missing = [i for i in range(int(lay.folds)) if not Layout(fold_config(cfg, i)).model.is_file()]
         if missing:
-            raise UserError(f"{lay.name} has no model for fold(s) {missing} of {lay.folds}; train them first: "
-                            f"python -m src.train dataset={lay.dataset} name={lay.name} cv.folds={lay.folds}")
+            raise UserError(f"{lay.name} has no model for fold(s) {missing} of {lay.folds}; train them first "
+                            f"(the command trains the missing folds): {how_to_train(lay)}")
     elif not lay.model.is_file():
         raise UserError(f"{lay.model} not found; train it first: python -m src.train dataset={lay.dataset} "
                         f"name={lay.name}")

@@ -43,7 +43,7 @@ def train_folds(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any
     tags = {"dataset": lay.dataset, "model": str(cfg.model.name), "member": lay.name, "cv.folds": str(cfg.cv.folds),
             "hydra.overrides": tracking.hydra_overrides(), **tracking.git_info()}
     with tracking.parent_run(cfg, f"cv-{lay.name}", record.get("run_id"), tags) as parent:
-        write_json(lay.member_record, {"run_id": parent.id, "folds": int(cfg.cv.folds)})
+        oof.record_member(lay, run_id=parent.id, train_command=oof.train_command(lay))
         parent.log_params(tracking.config_params(cfg))
         folds = []
         for fold in range(int(cfg.cv.folds)):
@@ -87,8 +87,8 @@ def train_one(cfg: DictConfig, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     lay = Layout(cfg)
     rt = runtime.setup(cfg)
     chief = multiprocess.is_chief()
-    if chief and lay.folds and not lay.member_record.is_file():  # a fold trained on its own: mark the member
-        write_json(lay.member_record, {"run_id": None, "folds": int(lay.folds)})
+    if chief and lay.folds:  # also a fold trained on its own: mark the member, keep how its folds train
+        oof.record_member(lay, train_command=oof.train_command(lay))
     with checkpoint.exclusive(lay) if chief else contextlib.nullcontext():
         m = manifests.for_run(cfg, lay)
         rows = training_rows(cfg, m)

@@ -8,6 +8,7 @@ children and the blend's own run are complete. Tiny demo data, one epoch, in pro
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -244,6 +245,19 @@ def test_blend_refuses_mismatched_members_with_one_line(members: Path, tmp_path:
     assert "\n" not in msg and all(w in msg for w in words), msg
 
 
+def test_a_lost_fold_model_names_the_fold_and_the_command(members: Path, tmp_path: Path):
+    """Members trained outside a command line (these, composed in process) have no command in member.json: the
+    line gives the default config's command and says where the member's own overrides are."""
+    base = tmp_path / "m"
+    shutil.copytree(members, base)
+    (base / "models" / "demo" / "cnn" / "fold-1" / "model.keras").unlink()
+    with pytest.raises(UserError) as e:
+        oof.assemble(_cfg(base, "name=cnn", "model=seed_cnn"))
+    assert str(e.value).startswith(f"fold 1 of cnn has no model ({base}/models/demo/cnn/fold-1/model.keras); train "
+                                   f"it: python -m src.train dataset=demo name=cnn cv.folds={K} cv.fold=1 plus the "
+                                   "overrides that trained cnn (its MLflow runs' tag hydra.overrides)")
+
+
 def test_training_every_fold_again_keeps_the_finished_ones(members: Path, capsys):
     from src.paths import Layout
 
@@ -297,6 +311,8 @@ def test_killed_fold_resumes_and_finished_folds_stay(tmp_path: Path):
     assert [c.info.run_name for c in children] == [f"seed_cnn-fold{f}" for f in range(K)]
     assert all(c.info.status == "FINISHED" and c.data.tags["cv.folds"] == str(K) for c in children)
     assert parent.info.status == "FINISHED" and read_json(member / "member.json")["run_id"] == parent.info.run_id
+    trains = [*(o for o in cmd[3:] if not o.startswith("hydra.")), "name=seed_cnn"]  # Hydra's task overrides
+    assert read_json(member / "member.json")["train_command"] == trains
 
     # evaluate attaches the OOF metrics to the parent, and the member as one MLflow Model: its K fold models,
     # predicting what the member's CSV holds; the blend is its own run tagged with its members' runs
@@ -314,6 +330,13 @@ def test_killed_fold_resumes_and_finished_folds_stay(tmp_path: Path):
     assert b.data.tags["blend.member.seed_cnn.run_id"] == parent.info.run_id
     assert {"submission/demo-pair.csv", "evaluation/pair.json"} <= {a.path for d in ("submission", "evaluation")
                                                                     for a in client.list_artifacts(b.info.run_id, d)}
+
+    # a lost fold model: the one line quotes the command that trains it (this member's own overrides)
+    (member / "fold-2" / "model.keras").unlink()
+    with pytest.raises(UserError) as e:
+        pipeline.run(compose(*ov), "evaluate")
+    assert str(e.value).endswith(f"train them first (the command trains the missing folds): python -m src.train "
+                                 f"{shlex.join(trains)}")
 
 
 def _check_member_model(client, base: Path, parent_run: str) -> None:
