@@ -63,7 +63,9 @@ def run(cmd: list[str], deadline: float, env: dict) -> tuple[int, float]:
     """Run a project command; SIGINT at the deadline (a training stops at the next batch end). (exit code, s)"""
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    # SIGINT's default in the child: a background job of a non-interactive shell (`cmd &` in a script, nohup ... &)
+    # starts with SIGINT ignored and passes that on, so a training still importing at the deadline would ignore it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.wait(timeout=max(deadline - t0, 1))
     except subprocess.TimeoutExpired:
