@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -46,6 +47,37 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def written_back(path: str | os.PathLike, every: float = 0.25) -> Iterator[None]:
+    """While other processes write `path`, flush what they have written so far every `every` seconds (fdatasync in
+    a thread: it waits on the disk, not on a core), so the disk writes overlap the work and the fsync before the
+    rename (atomic_path) has only the last part left. For prepare's arrays: that fsync alone was ~0.27 s of wall
+    clock after the work for 2,003 photos (135 MB); the overlap saves about half of it (benchmarks/README.md).
+
+    A failed flush is raised here: the kernel reports a write-back error once, so the later fsync could miss it."""
+    stop, failed = threading.Event(), []
+    fd = os.open(path, os.O_WRONLY)
+    sync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+    def flush() -> None:
+        try:
+            while not stop.wait(every):
+                sync(fd)
+        except OSError as e:
+            failed.append(e)
+
+    flusher = threading.Thread(target=flush, name=f"write-back {Path(path).name}", daemon=True)
+    flusher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        flusher.join()
+        os.close(fd)
+    if failed:
+        raise failed[0]
 
 
 def locked(folder: Path, busy: str) -> contextlib.AbstractContextManager[None]:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import progress
-from .files import atomic_path
+from .files import atomic_path, written_back
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = 200_000_000  # 8000x6000 photos are fine; decompression bombs beyond this are skipped
@@ -250,7 +250,8 @@ def resize_all(paths: list[str], size: int, mode: str, out: Path, pool, workers:
     return each row's error or None.
 
     Workers write their rows straight into the file (pwrite; no pixels through pipes, no memory map whose written
-    pages would stay resident), so memory stays flat whatever the number of images."""
+    pages would stay resident), so memory stays flat whatever the number of images; what they have written goes
+    to disk while they work (files.written_back)."""
     errors: list[str | None] = []
     with atomic_path(out, suffix=".npy") as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
@@ -263,7 +264,7 @@ def resize_all(paths: list[str], size: int, mode: str, out: Path, pool, workers:
         jobs = [(paths[i:i + run], size, mode, str(tmp), offset + i * row_bytes) for i in range(0, len(paths), run)]
         results = map(_write_rows, jobs) if pool is None else pool.imap(_write_rows, jobs)
         try:
-            with progress.bar(f"prepare: {label}", total=len(paths), unit="img") as shown:
+            with progress.bar(f"prepare: {label}", total=len(paths), unit="img") as shown, written_back(tmp):
                 for run_errors in results:
                     errors.extend(run_errors)
                     shown.update(len(run_errors))

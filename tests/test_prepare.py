@@ -25,7 +25,7 @@ from conftest import ROOT, checked, dogs_cfg, path_overrides, run_cli
 from imagegen import dogs_vs_cats, small_dogs_vs_cats
 from src import prepare
 from src.errors import UserError
-from src.files import atomic_path, read_json, write_json
+from src.files import atomic_path, read_json, write_json, written_back
 from src.images import load_image
 from src.paths import Layout
 
@@ -262,6 +262,43 @@ def test_atomic_path_turns_enospc_into_user_error(tmp_path: Path, monkeypatch):
     umask = os.umask(0o022)
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)              # outputs get the usual permissions
+
+
+def test_written_back_flushes_while_the_file_is_still_being_written(tmp_path: Path, monkeypatch):
+    """What a writer has put in the file goes to disk during the work, not all in the fsync at the end."""
+    import time
+
+    target, seen = tmp_path / "rows.bin", []
+    target.write_bytes(b"")
+    real = getattr(os, "fdatasync", os.fsync)
+    monkeypatch.setattr(os, "fdatasync" if hasattr(os, "fdatasync") else "fsync",
+                        lambda fd: (seen.append(os.fstat(fd).st_size), real(fd))[1])
+    with written_back(target, every=0.01), open(target, "ab") as out:
+        for k in range(1, 6):
+            out.write(b"x" * 4096)
+            out.flush()
+            deadline = time.monotonic() + 10
+            while max(seen, default=0) < k * 4096 and time.monotonic() < deadline:  # until a flush has seen it
+                time.sleep(0.005)
+    assert {4096, 8192, 12288, 16384}.issubset(seen) and seen == sorted(seen)  # flushed part by part, as it grew
+
+
+def test_a_failed_write_back_is_raised_not_lost(tmp_path: Path, monkeypatch):
+    """The kernel reports a write-back error once: the flusher's failure reaches the caller, and atomic_path leaves
+    no output (the fsync before its rename might never hear of it)."""
+    import time
+
+    def eio(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fdatasync" if hasattr(os, "fdatasync") else "fsync", eio)
+    target = tmp_path / "train.npy"
+    with pytest.raises(OSError) as e:
+        with atomic_path(target) as tmp, written_back(tmp, every=0.01):
+            tmp.write_bytes(b"rows")
+            time.sleep(0.05)
+    assert e.value.errno == errno.EIO
+    assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_prepare_disk_full_while_writing_manifests(tmp_path: Path, monkeypatch):
