@@ -505,6 +505,14 @@ def main() -> None:
               f"{both['first'] / raw['prepare_img_s']:.2f}x its wall clock; at that speed raw -> end of epoch 1 would "
               f"be {n / (n_raw / both['first'] + n / raw['first'] - n_raw / raw['prepare_img_s']):,.0f} img/s "
               "(prepare's decode free of every other cost)")
+    # cores each idfd epoch used (wall img/s over img/CPU-s): tf.data's AUTOTUNE decodes on one core or on both, so
+    # idfd's wall clock, and every wall ratio against it, moves up to 2x with that choice, not with the code
+    idfd_cores = [round(w / c, 1) for res in rounds if "idfd" in res
+                  for w, c in zip(res["idfd"]["img_s"], res["idfd"]["img_cpu_s"])]
+    if idfd_cores:
+        print(f"info   image_dataset_from_directory's epochs used {', '.join(map(str, idfd_cores))} cores (wall img/s "
+              "over img/CPU-s, every round): where it kept to one, its wall clock is half what it can be; the ratios "
+              "per CPU-second do not depend on it")
     if pa and idg:  # for reference, not a target: the issue lets augmentation run in the model, on the accelerator
         print(f"info   project later epochs with the model's augmentation run in tf.data on the CPU instead: "
               f"{pa['later_vs_idg']:.1f}x ImageDataGenerator (Keras' augmentation layers on {bu.machine()['cpu_count']} "
@@ -515,7 +523,7 @@ def main() -> None:
     print(f"\nload average at the end: {info['machine']['load_avg_end']}  ({time.perf_counter() - t0:.0f}s in all)")
     out = bu.write_result("input_pipeline", {
         **info, "images": n, "image_size": SIZE, "batch_size": BATCH, "repeat": a.repeat, "summary": rows,
-        "targets": targets, "checks": lines, "image_match": match,
+        "targets": targets, "checks": lines, "image_match": match, "idfd_cores": idfd_cores,
         "rounds": [{v: {k: r[k] for k in r if k != "check"} for v, r in res.items()} for res in rounds],
     }, a.out)
     print(f"wrote {out}")
