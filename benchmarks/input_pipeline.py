@@ -354,20 +354,21 @@ def data_checks(results: dict[str, dict], processed: Path, n_expected: int) -> t
 def decode_ceilings(rows: dict[str, dict], n: int, idg: float | None, idfd: float | None) -> dict:
     """What raw -> end of epoch 1 could reach on these cores, from the bare decode split as prepare splits it:
     with prepare costing only its decode (epoch 1 after it, as now), and with epoch 1 overlapped too (the decode
-    alone). Wall clock, against the baselines' steady speed: the targets are compared with these."""
+    alone). Wall clock, against the baselines' steady speed (where they ran): the targets are compared with these."""
     raw, both = rows.get("raw_epoch1", {}), rows.get("decode_all_cores", {})
-    if not (raw and both and idg and idfd):
+    if not (raw and both):
         return {}
     n_raw = raw["prepared_images"]
     epoch1_s = n / raw["first"] - n_raw / raw["prepare_img_s"]  # the first epoch (and its set-up) after prepare
-    at_decode = n / (n_raw / both["first"] + epoch1_s)
-    alone = n / (n_raw / both["first"])
-    return {"decode_all_cores_img_s": both["first"], "decode_all_cores_img_cpu_s": both["first_cpu"],
-            "prepare_over_decode_cpu": both["first_cpu"] / raw["prepare_img_cpu_s"],
-            "prepare_over_decode_wall": both["first"] / raw["prepare_img_s"],
-            "prepare_at_decode_img_s": at_decode, "prepare_at_decode_vs_idg": at_decode / idg,
-            "prepare_at_decode_vs_idfd": at_decode / idfd, "decode_alone_img_s": alone,
-            "decode_alone_vs_idg": alone / idg, "decode_alone_vs_idfd": alone / idfd}
+    out = {"decode_all_cores_img_s": both["first"], "decode_all_cores_img_cpu_s": both["first_cpu"],
+           "prepare_over_decode_cpu": both["first_cpu"] / raw["prepare_img_cpu_s"],
+           "prepare_over_decode_wall": both["first"] / raw["prepare_img_s"],
+           "prepare_at_decode_img_s": n / (n_raw / both["first"] + epoch1_s),
+           "decode_alone_img_s": n / (n_raw / both["first"])}
+    for ceiling in ("prepare_at_decode", "decode_alone"):
+        for base, speed in (("idg", idg), ("idfd", idfd)):
+            out[f"{ceiling}_vs_{base}"] = out[f"{ceiling}_img_s"] / speed if speed else None
+    return out
 
 
 def summarise(results: dict[str, dict]) -> dict[str, dict]:
@@ -518,11 +519,12 @@ def main() -> None:
             print(f"info   {v}: prepare {r['prepared_images']:,.0f} images at {r['prepare_img_s']:,.0f} img/s "
                   f"({r['prepare_img_cpu_s']:,.0f} img/CPU-s), then epoch 1; {r['first']:,.0f} training images/s "
                   "from the JPEGs to the end of epoch 1")
-    ceilings = c = decode_ceilings(rows, n, idg, idfd)
+    c = decode_ceilings(rows, n, idg, idfd)
     if c:
         print(f"info   the bare decode on all cores: {c['decode_all_cores_img_s']:,.0f} img/s "
               f"({c['decode_all_cores_img_cpu_s']:,.0f} img/CPU-s); prepare is {c['prepare_over_decode_cpu']:.2f}x it "
               f"per CPU-second and {c['prepare_over_decode_wall']:.2f}x its wall clock")
+    if c and idg and idfd:
         print(f"info   ceilings of raw -> end of epoch 1 on these cores: with prepare as fast as the bare decode "
               f"{c['prepare_at_decode_img_s']:,.0f} img/s = {c['prepare_at_decode_vs_idg']:.2f}x ImageDataGenerator, "
               f"{c['prepare_at_decode_vs_idfd']:.2f}x idfd; and with epoch 1 also hidden under it (the decode alone) "
@@ -530,8 +532,8 @@ def main() -> None:
               f"{TARGETS['raw_vs_idfd']:g}x): a target above the first ceiling is out of reach of prepare-then-train here")
     # cores each idfd epoch used (wall img/s over img/CPU-s): tf.data's AUTOTUNE decodes on one core or on both, so
     # idfd's wall clock, and every wall ratio against it, moves up to 2x with that choice, not with the code
-    idfd_cores = [round(w / c, 1) for res in rounds if "idfd" in res
-                  for w, c in zip(res["idfd"]["img_s"], res["idfd"]["img_cpu_s"])]
+    idfd_cores = [round(wall / cpu, 1) for res in rounds if "idfd" in res
+                  for wall, cpu in zip(res["idfd"]["img_s"], res["idfd"]["img_cpu_s"])]
     if idfd_cores:
         print(f"info   image_dataset_from_directory's epochs used {', '.join(map(str, idfd_cores))} cores (wall img/s "
               "over img/CPU-s, every round): where it kept to one, its wall clock is half what it can be; the ratios "
@@ -546,7 +548,7 @@ def main() -> None:
     print(f"\nload average at the end: {info['machine']['load_avg_end']}  ({time.perf_counter() - t0:.0f}s in all)")
     out = bu.write_result("input_pipeline", {
         **info, "images": n, "image_size": SIZE, "batch_size": BATCH, "repeat": a.repeat, "summary": rows,
-        "targets": targets, "ceilings": ceilings, "checks": lines, "image_match": match, "idfd_cores": idfd_cores,
+        "targets": targets, "ceilings": c, "checks": lines, "image_match": match, "idfd_cores": idfd_cores,
         "rounds": [{v: {k: r[k] for k in r if k != "check"} for v, r in res.items()} for res in rounds],
     }, a.out)
     print(f"wrote {out}")
