@@ -360,11 +360,11 @@ def decode_ceilings(rows: dict[str, dict], n: int, idg: float | None, idfd: floa
         return {}
     n_raw = raw["prepared_images"]
     epoch1_s = n / raw["first"] - n_raw / raw["prepare_img_s"]  # the first epoch (and its set-up) after prepare
+    decode_s = n_raw / both["first"]  # prepare's images, decoded at the bare decode's speed
     out = {"decode_all_cores_img_s": both["first"], "decode_all_cores_img_cpu_s": both["first_cpu"],
            "prepare_over_decode_cpu": both["first_cpu"] / raw["prepare_img_cpu_s"],
            "prepare_over_decode_wall": both["first"] / raw["prepare_img_s"],
-           "prepare_at_decode_img_s": n / (n_raw / both["first"] + epoch1_s),
-           "decode_alone_img_s": n / (n_raw / both["first"])}
+           "prepare_at_decode_img_s": n / (decode_s + epoch1_s), "decode_alone_img_s": n / decode_s}
     for ceiling in ("prepare_at_decode", "decode_alone"):
         for base, speed in (("idg", idg), ("idfd", idfd)):
             out[f"{ceiling}_vs_{base}"] = out[f"{ceiling}_img_s"] / speed if speed else None
